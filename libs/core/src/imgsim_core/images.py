@@ -1,0 +1,108 @@
+"""Image intake: sniff the format from the bytes, bound the size, decode safely.
+
+The gateway calls :func:`inspect_image` on every upload (header only, no full decode),
+the embedder calls :func:`decode_rgb` before preprocessing. Both raise :class:`ImageError`
+with a machine-readable ``code`` and a message for the client or the dead-letter record.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from imgsim_core.settings import ImageLimits
+
+# Magic numbers of the allowed formats; the client's content type is never trusted.
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"BM", 0, "BMP"),
+)
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
+
+
+class ImageError(ValueError):
+    """An image that imgsim will not accept; ``code`` names the reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format named by the leading bytes, or None when it is not an allowed one."""
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, offset, name in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
+    """Check size, format and dimensions from the header, without a full decode."""
+    if not data:
+        raise ImageError("empty_image", "the image is empty")
+    if len(data) > limits.max_bytes:
+        raise ImageError(
+            "image_too_large", f"the image is {len(data)} bytes; the limit is {limits.max_bytes}"
+        )
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageError(
+            "unsupported_format",
+            "the bytes are not an image of an allowed format (JPEG, PNG, WebP, GIF, BMP)",
+        )
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("corrupt_image", f"the {fmt} header cannot be read: {exc}") from exc
+    if width <= 0 or height <= 0:
+        raise ImageError("corrupt_image", "the image has no pixels")
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            "too_many_pixels",
+            f"the image is {width}×{height} pixels; the limit is {limits.max_pixels} pixels",
+        )
+    return ImageInfo(fmt, width, height)
+
+
+def decode_rgb(data: bytes, limits: ImageLimits, target: int = 224) -> Image.Image:
+    """Decode to RGB, the first frame of an animation; big JPEGs are draft-decoded.
+
+    ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale straight away, which is
+    ~4× faster for a 12-MP photo; the result stays at least ``target`` on its short side.
+    """
+    info = inspect_image(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[info.format])
+            if info.format == "JPEG":
+                scale = min(img.size) / target
+                if scale >= 2:
+                    img.draft("RGB", (max(target, img.size[0] // int(scale)), target))
+            img.seek(0)
+            rgb = img.convert("RGB")
+            rgb.load()
+            return rgb
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_many_pixels", f"decompression bomb: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(
+            "corrupt_image", f"the {info.format} data cannot be decoded: {exc}"
+        ) from exc

@@ -1,0 +1,201 @@
+"""Kafka helpers shared by the services: topic setup, header decoding, dead letters.
+
+The services consume the images and vectors topics as raw records (tombstones have a
+null value, upstream producers may send any headers), so this module also supplies a
+FastStream batch parser that never fails on odd header bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream.kafka.message import KafkaMessage
+from pydantic import JsonValue, TypeAdapter, ValidationError
+
+from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH, Metadata
+from imgsim_core.settings import KafkaSettings
+from imgsim_core.topics import CONTRACT_VERSION, Header
+
+log = logging.getLogger(__name__)
+_METADATA = TypeAdapter(dict[str, JsonValue])
+RawHeaders = Sequence[tuple[str, bytes]]
+
+
+class EventError(ValueError):
+    """A record that breaks the contract; ``code`` names the reason for the dead letter."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def header(headers: RawHeaders, name: str) -> bytes | None:
+    """The last value of a header, as bytes."""
+    found = None
+    for key, value in headers:
+        if key == name:
+            found = value
+    return found
+
+
+def decode_key(key: bytes | None) -> str:
+    """A record key as an image id: UTF-8, 1–256 characters, no control characters."""
+    if not key:
+        raise EventError("empty_key", "the record has no key (the image id)")
+    try:
+        image_id = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError("bad_key", "the key is not UTF-8") from exc
+    if len(image_id) > MAX_IMAGE_ID_LENGTH or not image_id.isprintable():
+        raise EventError("bad_key", "the key is over 256 characters or has control characters")
+    return image_id
+
+
+def decode_metadata(raw: bytes | None, max_bytes: int) -> Metadata:
+    """The ``metadata`` header: a JSON object, at most ``max_bytes``."""
+    if raw is None or raw == b"":
+        return {}
+    if len(raw) > max_bytes:
+        raise EventError("metadata_too_large", f"metadata is over {max_bytes} bytes")
+    try:
+        return _METADATA.validate_json(raw)
+    except ValidationError as exc:
+        raise EventError("bad_metadata", "the metadata header is not a JSON object") from exc
+
+
+def encode_metadata(metadata: Metadata) -> bytes:
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def produced_headers(**values: str) -> list[tuple[str, bytes]]:
+    """Headers of a record that imgsim produces, with the contract version."""
+    out = [(Header.CONTRACT, CONTRACT_VERSION.encode())]
+    out.extend((name.replace("_", "-"), value.encode()) for name, value in values.items())
+    return out
+
+
+def dead_letter_headers(record: ConsumerRecord[Any, Any], reason: str) -> dict[str, str]:
+    """Why and where from: the reason, the source topic/partition/offset, the original headers."""
+    headers = {
+        Header.REASON: reason,
+        Header.SOURCE_TOPIC: record.topic,
+        Header.SOURCE_PARTITION: str(record.partition),
+        Header.SOURCE_OFFSET: str(record.offset),
+        Header.CONTRACT: CONTRACT_VERSION,
+    }
+    for key, value in record.headers or ():
+        headers[f"{Header.ORIGINAL_PREFIX}{key}"] = value.decode("utf-8", "replace")
+    return headers
+
+
+def dead_letter_record(topic: str, record: ConsumerRecord[Any, Any], reason: str) -> OutRecord:
+    """The dead letter of a rejected record: its original key and value, and why."""
+    log.warning(
+        "dead letter: %s (topic=%s partition=%d offset=%d)",
+        reason,
+        record.topic,
+        record.partition,
+        record.offset,
+    )
+    headers = [(k, v.encode()) for k, v in dead_letter_headers(record, reason).items()]
+    return OutRecord(topic, record.key, record.value, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """A record to produce; ``value=None`` is a tombstone."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def make_producer(settings: KafkaSettings, *, linger_ms: int) -> AIOKafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas (durable output)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_request_size=settings.max_message_bytes + 64 * 1024,
+    )
+
+
+async def produce_all(producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:
+    """Produce every record and return once the broker has acknowledged all of them."""
+    futures = [await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+def _sanitized(record: ConsumerRecord[Any, Any]) -> ConsumerRecord[Any, Any]:
+    headers = record.headers or ()
+    clean = tuple((k, v.decode("utf-8", "replace").encode()) for k, v in headers)
+    return record if clean == tuple(headers) else dataclasses.replace(record, headers=clean)
+
+
+async def safe_batch_parser(
+    records: tuple[ConsumerRecord[Any, Any], ...],
+    original: Callable[[tuple[ConsumerRecord[Any, Any], ...]], Awaitable[KafkaMessage]],
+) -> KafkaMessage:
+    """FastStream batch parser that never fails on header bytes that are not UTF-8.
+
+    Handlers read ``message.raw_message`` (the records: a tombstone keeps its null value)
+    rather than the decoded body.
+    """
+    return await original(tuple(_sanitized(r) for r in records))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def ensure_topics(settings: KafkaSettings, extra: Iterable[str] = ()) -> None:
+    """Create the shared topics (idempotent).
+
+    images and vectors are compacted and share a partition count, so per-image order
+    holds through the pipeline and a replay from offset 0 rebuilds the current set.
+    """
+    topics = settings.topics
+    compacted = {
+        "cleanup.policy": "compact",
+        "max.message.bytes": str(settings.max_message_bytes),
+        "min.compaction.lag.ms": "60000",
+    }
+    wanted = [
+        NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=compacted)
+        for name in topics.compacted
+    ]
+    for name in (topics.queries, topics.searches, topics.deadletter, *extra):
+        wanted.append(
+            NewTopic(
+                name,
+                settings.partitions,
+                settings.replication_factor,
+                topic_configs={"max.message.bytes": str(settings.max_message_bytes)},
+            )
+        )
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+            log.info("created topics %s", [t.name for t in missing])
+    finally:
+        await admin.close()

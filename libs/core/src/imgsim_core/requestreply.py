@@ -1,0 +1,164 @@
+"""The requesting side of Kafka request/reply.
+
+FastStream 0.7's ``KafkaBroker.request()`` does not work against a real broker, so the
+asking side is built here on aiokafka. Each process that asks owns one reply topic
+(``<prefix>replies.<instance id>``) that it alone reads, without a consumer group, from
+its end. A request carries ``correlation_id``, ``reply_to`` and ``deadline`` headers;
+responders are plain FastStream handlers that return a value, which FastStream publishes
+to ``reply_to`` with the same ``correlation_id``. Replies nobody waits for any more
+(timed out, or for another process) are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from imgsim_core.kafka import now_ms, produced_headers
+from imgsim_core.topics import Header
+
+log = logging.getLogger(__name__)
+
+
+class RequestTimeoutError(TimeoutError):
+    """No reply came before the deadline."""
+
+
+class Requester:
+    """Sends requests and awaits their replies on this process's own reply topic."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        bootstrap_servers: str,
+        reply_topic: str,
+        *,
+        fetch_max_wait_ms: int = 5,
+        reply_retention_ms: int = 60_000,
+        replication_factor: int = 1,
+    ) -> None:
+        self._producer = producer
+        self._bootstrap = bootstrap_servers
+        self.reply_topic = reply_topic
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._retention_ms = reply_retention_ms
+        self._replication = replication_factor
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        await self._create_reply_topic()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+            auto_offset_reset="latest",
+        )
+        await consumer.start()
+        partition = TopicPartition(self.reply_topic, 0)
+        consumer.assign([partition])
+        await consumer.seek_to_end(partition)
+        await consumer.position(partition)  # resolve the offset before the first request
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._read_replies(), name="imgsim-replies")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        await self._delete_reply_topic()
+
+    async def request(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        timeout_s: float,
+        key: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        """Produce ``value`` to ``topic`` and return the reply's value, or raise on timeout."""
+        correlation_id = uuid.uuid4().hex
+        deadline = now_ms() + int(timeout_s * 1000)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        record_headers = produced_headers()
+        record_headers += [
+            (Header.CORRELATION_ID, correlation_id.encode()),
+            (Header.REPLY_TO, self.reply_topic.encode()),
+            (Header.DEADLINE, str(deadline).encode()),
+        ]
+        record_headers += [(k, v.encode()) for k, v in (headers or {}).items()]
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._producer.send_and_wait(topic, value, key=key, headers=record_headers)
+                return await future
+        except TimeoutError as exc:
+            raise RequestTimeoutError(f"no reply from {topic} within {timeout_s:.1f} s") from exc
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    async def _read_replies(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=1000)
+            except KafkaError:
+                log.exception("reading replies failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._resolve(record)
+
+    def _resolve(self, record: Any) -> None:
+        cid = next((v for k, v in record.headers if k == Header.CORRELATION_ID), None)
+        future = self._pending.get(cid.decode("utf-8", "replace")) if cid else None
+        if future is None or future.done():
+            log.debug("dropping a reply nobody waits for (correlation id %r)", cid)
+            return
+        future.set_result(record.value or b"")
+
+    async def _create_reply_topic(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        await admin.start()
+        try:
+            topic = NewTopic(
+                self.reply_topic,
+                1,
+                self._replication,
+                topic_configs={"retention.ms": str(self._retention_ms)},
+            )
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([topic])
+        finally:
+            await admin.close()
+
+    async def _delete_reply_topic(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        try:
+            await admin.start()
+            await admin.delete_topics([self.reply_topic], timeout_ms=5000)
+        except KafkaError:
+            log.warning("could not delete reply topic %s", self.reply_topic)
+        finally:
+            await admin.close()

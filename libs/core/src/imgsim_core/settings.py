@@ -1,0 +1,83 @@
+"""Settings groups shared by the services.
+
+Each service owns one ``pydantic-settings`` class with its own env prefix and nests these
+groups, e.g. ``INDEXER_KAFKA__BOOTSTRAP_SERVERS``. This module never reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from imgsim_core.topics import Topics
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "imgsim."
+    partitions: int = Field(default=6, ge=1, description="Partitions of images and vectors.")
+    replication_factor: int = Field(default=1, ge=1)
+    # Latency paths (queries, searches, replies) keep fetch waits and linger small.
+    latency_fetch_max_wait_ms: int = Field(default=5, ge=0)
+    latency_linger_ms: int = Field(default=0, ge=0)
+    # Bulk paths (images, vectors) trade a little latency for larger batches.
+    bulk_fetch_max_wait_ms: int = Field(default=50, ge=0)
+    bulk_max_records: int = Field(default=64, ge=1)
+    bulk_linger_ms: int = Field(default=5, ge=0)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout_s: float = Field(default=0.5, gt=0)
+
+
+class ImageLimits(BaseModel):
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Encoded size.")
+    max_pixels: int = Field(default=50_000_000, ge=1, description="Width × height.")
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=2)
+
+
+class ModelSettings(BaseModel):
+    """Which CLIP weights to load.
+
+    ``weights``: ``pretrained`` (the hub tag in ``pretrained``, cached on disk),
+    ``checkpoint`` (a local file in ``checkpoint_path``) or ``random`` (a fixed seed;
+    for tests and offline machines only, and logged as a warning).
+    """
+
+    name: str = "ViT-B-32"
+    weights: Literal["pretrained", "checkpoint", "random"] = "pretrained"
+    pretrained: str = "laion2b_s34b_b79k"
+    checkpoint_path: Path | None = None
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = torch's.")
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the vectors' space: vectors of different ids never mix."""
+        if self.weights == "pretrained":
+            return f"{self.name}/{self.pretrained}"
+        if self.weights == "checkpoint":
+            return f"{self.name}/checkpoint:{self.checkpoint_path.name if self.checkpoint_path else ''}"
+        return f"{self.name}/random-seed{self.seed}"
+
+
+class QdrantSettings(BaseModel):
+    """Vector store: a Qdrant server when ``url`` is set, else embedded Qdrant Edge at ``path``."""
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    path: Path = Path("data/qdrant-edge")
+    collection: str = "images"
+    shards: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=1)
+    timeout_s: float = Field(default=10.0, gt=0)
