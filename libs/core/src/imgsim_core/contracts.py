@@ -102,3 +102,19 @@ class SearchReplied(_Event):
     hits: list[SearchHit] = Field(default_factory=list)
     error: str | None = None
     error_code: str | None = None
+
+
+class StatusRequested(_Event):
+    """Asks the indexer how it stands (status topic)."""
+
+    deadline_ms: int
+
+
+class IndexerStatus(_Event):
+    """The indexer's answer to :class:`StatusRequested`."""
+
+    ready: bool
+    store: str = Field(description="qdrant-edge or qdrant-server")
+    collection: str
+    indexed: int = Field(description="Points in the collection.")
+    error: str | None = None

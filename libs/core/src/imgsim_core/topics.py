@@ -59,6 +59,11 @@ class Topics:
         """Rejected records with their reason and source offset."""
         return f"{self.prefix}deadletter"
 
+    @property
+    def status(self) -> str:
+        """Status requests to the indexer (:class:`~imgsim_core.contracts.StatusRequested`)."""
+        return f"{self.prefix}status"
+
     def replies(self, instance_id: str) -> str:
         """The reply topic of one gateway instance."""
         return f"{self.prefix}replies.{instance_id}"
@@ -69,4 +74,11 @@ class Topics:
 
     @property
     def all_shared(self) -> tuple[str, ...]:
-        return (self.images, self.vectors, self.queries, self.searches, self.deadletter)
+        return (
+            self.images,
+            self.vectors,
+            self.queries,
+            self.searches,
+            self.status,
+            self.deadletter,
+        )
