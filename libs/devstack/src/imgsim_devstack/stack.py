@@ -1,0 +1,124 @@
+"""The whole local stack: Kafka, Redis and the three services, started in order.
+
+The services are configured through the same environment variables as in production
+(see the README); the embedder uses random weights unless ``EMBEDDER_MODEL__WEIGHTS``
+says otherwise, because this stack must run on machines that cannot download weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgsim_devstack.processes import KafkaBroker, RedisServer, ServiceProcess, free_port
+
+log = logging.getLogger(__name__)
+
+READY_MARKER = "imgsim service ready"
+
+
+@dataclass
+class StackConfig:
+    data_dir: Path = Path("data")
+    kafka_port: int = 9092
+    redis_port: int = 6379
+    gateway_port: int = 8000
+    topic_prefix: str = "imgsim."
+    partitions: int = 6
+    model_weights: str = "random"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def service_env(config: StackConfig, bootstrap: str, redis_url: str) -> dict[str, dict[str, str]]:
+    """Environment of each service, keyed by service name."""
+    common = {"PYTHONUNBUFFERED": "1"}
+    shared = {
+        "KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA__TOPIC_PREFIX": config.topic_prefix,
+        "KAFKA__PARTITIONS": str(config.partitions),
+    }
+
+    def prefixed(prefix: str, values: dict[str, str]) -> dict[str, str]:
+        return {f"{prefix}_{k}": v for k, v in values.items()}
+
+    env = {
+        "indexer": {
+            **common,
+            **prefixed("INDEXER", shared),
+            "INDEXER_QDRANT__PATH": str((config.data_dir / "qdrant-edge").resolve()),
+            "INDEXER_METRICS_PORT": str(free_port()),
+            "OTEL_SERVICE_NAME": "imgsim-indexer",
+        },
+        "embedder": {
+            **common,
+            **prefixed("EMBEDDER", shared),
+            "EMBEDDER_MODEL__WEIGHTS": os.environ.get(
+                "EMBEDDER_MODEL__WEIGHTS", config.model_weights
+            ),
+            "EMBEDDER_METRICS_PORT": str(free_port()),
+            "OTEL_SERVICE_NAME": "imgsim-embedder",
+        },
+        "gateway": {
+            **common,
+            **prefixed("GATEWAY", shared),
+            "GATEWAY_REDIS__URL": redis_url,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(config.gateway_port),
+            "OTEL_SERVICE_NAME": "imgsim-gateway",
+        },
+    }
+    for values in env.values():
+        values.update(config.extra_env)
+    return env
+
+
+class LocalStack:
+    """Starts everything in order and stops it in reverse, also after a failed start."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        logs = config.data_dir / "logs"
+        self.kafka = KafkaBroker(
+            "kafka", logs / "kafka.log", data_dir=config.data_dir / "kafka", port=config.kafka_port
+        )
+        self.redis = RedisServer(
+            "redis", logs / "redis.log", data_dir=config.data_dir / "redis", port=config.redis_port
+        )
+        self.services: list[ServiceProcess] = []
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.gateway_port}"
+
+    def start(self) -> None:
+        try:
+            self.kafka.start()
+            self.redis.start()
+            self.start_services()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_services(self) -> None:
+        logs = self.config.data_dir / "logs"
+        env = service_env(self.config, self.kafka.bootstrap, self.redis.url)
+        for name in ("indexer", "embedder", "gateway"):
+            service = ServiceProcess(
+                name,
+                logs / f"{name}.log",
+                module=f"imgsim_{name}",
+                env=env[name],
+                health_url=f"{self.gateway_url}/api/v1/health" if name == "gateway" else None,
+                ready_marker=None if name == "gateway" else READY_MARKER,
+            )
+            self.services.append(service)
+            service.start()
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+        self.redis.stop()
+        self.kafka.stop()

@@ -1,0 +1,48 @@
+"""The gateway's exceptions; ``app.py`` maps them to HTTP in one place.
+
+Every error body has one shape: ``{"error": {"code": "...", "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequestError(GatewayError):
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidImageError(GatewayError):
+    """An image that is corrupt, of a format not allowed, or too large."""
+
+    status_code = 422
+    code = "invalid_image"
+
+
+class PayloadTooLargeError(GatewayError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UpstreamTimeoutError(GatewayError):
+    """No answer from the pipeline before the deadline."""
+
+    status_code = 504
+    code = "timeout"
+
+
+class UpstreamError(GatewayError):
+    """A service behind the gateway answered with an error."""
+
+    status_code = 503
+    code = "unavailable"

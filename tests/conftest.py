@@ -1,0 +1,65 @@
+"""Real components for the cross-service tests: a Kafka broker and a Redis server.
+
+By default the project starts them itself as local processes (Apache Kafka in KRaft mode
+from its Maven Central jars, and ``redis-server``) on free ports of 127.0.0.1, once per
+test session. With ``IMGSIM_TEST_CONTAINERS=1`` and a reachable Docker engine they come
+from testcontainers instead. Each test uses its own topic prefix, so tests never see each
+other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from imgsim_devstack.processes import KafkaBroker, RedisServer, free_port
+
+
+@dataclass(frozen=True)
+class Services:
+    bootstrap: str
+    redis_url: str
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """Kafka and Redis for the whole session, stopped at its end."""
+    if os.environ.get("IMGSIM_TEST_CONTAINERS") == "1" and _docker_reachable():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.redis import RedisContainer
+
+        with KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka, RedisContainer() as redis:
+            host, port = redis.get_container_host_ip(), redis.get_exposed_port(6379)
+            yield Services(kafka.get_bootstrap_server(), f"redis://{host}:{port}/0")
+        return
+    base: Path = tmp_path_factory.mktemp("infra")
+    kafka = KafkaBroker("kafka", base / "kafka.log", data_dir=base / "kafka", port=free_port())
+    redis = RedisServer("redis", base / "redis.log", data_dir=base / "redis", port=free_port())
+    try:
+        kafka.start()
+        redis.start()
+        yield Services(kafka.bootstrap, redis.url)
+    finally:
+        redis.stop()
+        kafka.stop()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A fresh topic prefix per test."""
+    return f"t{uuid.uuid4().hex[:10]}."
