@@ -1,0 +1,32 @@
+# One-line targets; `make up` and `make test` install what is missing first.
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap up test test-unit lint fmt typecheck bench compose-check
+
+bootstrap:
+	bash infra/local/bootstrap.sh
+
+up: bootstrap
+	$(UV) run imgsim-devstack up
+
+test: bootstrap
+	$(UV) run pytest $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	$(UV) run pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+lint:
+	$(UV) run ruff check . && $(UV) run ruff format --check .
+
+fmt:
+	$(UV) run ruff check --fix . && $(UV) run ruff format .
+
+typecheck:
+	$(UV) run mypy libs/core/src libs/devstack/src services/gateway/src services/indexer/src services/embedder/src
+
+bench:
+	$(UV) run python bench/pipeline.py
+
+compose-check:
+	docker-compose -f compose.yaml config -q

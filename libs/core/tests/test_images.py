@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from imgsim_core.images import ImageError, decode_rgb, inspect_image, sniff_format
+from imgsim_core.settings import ImageLimits
+
+LIMITS = ImageLimits()
+
+
+def encode(fmt: str, size: tuple[int, int] = (32, 24), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, (200, 30, 90) if mode == "RGB" else 128).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
+def test_allowed_formats_are_sniffed_and_decoded(fmt: str) -> None:
+    data = encode(fmt)
+    assert sniff_format(data) == fmt
+    info = inspect_image(data, LIMITS)
+    assert (info.format, info.width, info.height) == (fmt, 32, 24)
+    image = decode_rgb(data, LIMITS)
+    assert image.mode == "RGB"
+    assert image.size == (32, 24)
+
+
+def test_format_comes_from_the_bytes_not_the_name() -> None:
+    with pytest.raises(ImageError) as err:
+        inspect_image(encode("TIFF"), LIMITS)
+    assert err.value.code == "unsupported_format"
+
+
+def test_truncated_image_is_rejected_as_corrupt() -> None:
+    data = encode("PNG", (64, 64))
+    with pytest.raises(ImageError) as err:
+        decode_rgb(data[: len(data) // 2], LIMITS)
+    assert err.value.code == "corrupt_image"
+
+
+def test_too_many_pixels_rejected_from_the_header() -> None:
+    data = encode("PNG", (200, 100), mode="L")
+    with pytest.raises(ImageError) as err:
+        inspect_image(data, ImageLimits(max_pixels=10_000))
+    assert err.value.code == "too_many_pixels"
+
+
+def test_too_many_bytes_rejected() -> None:
+    data = encode("BMP", (300, 300))
+    with pytest.raises(ImageError) as err:
+        inspect_image(data, ImageLimits(max_bytes=1024))
+    assert err.value.code == "image_too_large"
+
+
+def test_empty_is_rejected() -> None:
+    with pytest.raises(ImageError) as err:
+        inspect_image(b"", LIMITS)
+    assert err.value.code == "empty_image"
+
+
+def test_large_jpeg_is_draft_decoded_but_keeps_enough_pixels() -> None:
+    data = encode("JPEG", (2000, 1500))
+    image = decode_rgb(data, LIMITS)
+    assert min(image.size) >= 224
+    assert image.size[0] < 2000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_never_escape_as_anything_but_image_error(data: bytes) -> None:
+    try:
+        image = decode_rgb(data, LIMITS)
+    except ImageError as exc:
+        assert exc.code in {"empty_image", "unsupported_format", "corrupt_image", "too_many_pixels"}
+    else:
+        assert image.mode == "RGB"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=1, max_size=512), st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP"]))
+def test_valid_header_with_garbage_body_is_an_image_error(garbage: bytes, fmt: str) -> None:
+    data = encode(fmt)
+    corrupted = data[:16] + garbage
+    try:
+        image = decode_rgb(corrupted, LIMITS)
+    except ImageError as exc:
+        assert exc.message
+    else:
+        assert image.mode == "RGB"
