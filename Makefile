@@ -1,6 +1,8 @@
 # One-line targets; `make up` and `make test` install what is missing first.
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
+# Weights for `make up`: random (offline, meaningless vectors) | pretrained (downloads once).
+WEIGHTS ?= random
 
 .PHONY: bootstrap up test test-unit lint fmt typecheck bench compose-check
 
@@ -8,7 +10,7 @@ bootstrap:
 	bash infra/local/bootstrap.sh
 
 up: bootstrap
-	$(UV) run imgsim-devstack up
+	$(UV) run imgsim-devstack up --weights $(WEIGHTS)
 
 test: bootstrap
 	$(UV) run pytest $(PYTEST_ARGS)

@@ -74,11 +74,16 @@ def test_large_jpeg_is_draft_decoded_but_keeps_enough_pixels() -> None:
 @given(st.binary(max_size=2048))
 def test_arbitrary_bytes_never_escape_as_anything_but_image_error(data: bytes) -> None:
     try:
-        image = decode_rgb(data, LIMITS)
+        outcome = decode_rgb(data, LIMITS).mode
     except ImageError as exc:
-        assert exc.code in {"empty_image", "unsupported_format", "corrupt_image", "too_many_pixels"}
-    else:
-        assert image.mode == "RGB"
+        outcome = exc.code
+    assert outcome in {
+        "RGB",
+        "empty_image",
+        "unsupported_format",
+        "corrupt_image",
+        "too_many_pixels",
+    }
 
 
 @settings(max_examples=100, deadline=None)
@@ -87,8 +92,7 @@ def test_valid_header_with_garbage_body_is_an_image_error(garbage: bytes, fmt: s
     data = encode(fmt)
     corrupted = data[:16] + garbage
     try:
-        image = decode_rgb(corrupted, LIMITS)
+        outcome = decode_rgb(corrupted, LIMITS).mode
     except ImageError as exc:
-        assert exc.message
-    else:
-        assert image.mode == "RGB"
+        outcome = exc.code
+    assert outcome in {"RGB", "corrupt_image", "unsupported_format", "too_many_pixels"}

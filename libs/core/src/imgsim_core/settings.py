@@ -67,7 +67,8 @@ class ModelSettings(BaseModel):
         if self.weights == "pretrained":
             return f"{self.name}/{self.pretrained}"
         if self.weights == "checkpoint":
-            return f"{self.name}/checkpoint:{self.checkpoint_path.name if self.checkpoint_path else ''}"
+            checkpoint = self.checkpoint_path.name if self.checkpoint_path else ""
+            return f"{self.name}/checkpoint:{checkpoint}"
         return f"{self.name}/random-seed{self.seed}"
 
 

@@ -46,7 +46,7 @@ class Topics:
 
     @property
     def queries(self) -> str:
-        """Searches that still need an embedding (:class:`~imgsim_core.contracts.SearchRequested`)."""
+        """Searches that need an embedding (:class:`~imgsim_core.contracts.SearchRequested`)."""
         return f"{self.prefix}queries"
 
     @property

@@ -7,6 +7,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Annotated
 
 import typer
 
@@ -18,11 +19,11 @@ app = typer.Typer(add_completion=False, help="Run imgsim locally without Docker.
 
 @app.command()
 def up(
-    data_dir: Path = typer.Option(Path("data"), help="Kafka log, vector store, process logs."),
-    port: int = typer.Option(8000, help="Gateway port on 127.0.0.1."),
-    kafka_port: int = typer.Option(9092),
-    redis_port: int = typer.Option(6379),
-    weights: str = typer.Option("random", help="pretrained | checkpoint | random"),
+    data_dir: Annotated[Path, typer.Option(help="Kafka log, vector store, logs.")] = Path("data"),
+    port: Annotated[int, typer.Option(help="Gateway port on 127.0.0.1.")] = 8000,
+    kafka_port: int = 9092,
+    redis_port: int = 6379,
+    weights: Annotated[str, typer.Option(help="pretrained | checkpoint | random")] = "random",
 ) -> None:
     """Start Kafka, Redis and the three services; stop them all on Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

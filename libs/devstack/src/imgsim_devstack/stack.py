@@ -74,6 +74,34 @@ def service_env(config: StackConfig, bootstrap: str, redis_url: str) -> dict[str
     return env
 
 
+def start_services(config: StackConfig, bootstrap: str, redis_url: str) -> list[ServiceProcess]:
+    """Start indexer, embedder and gateway (in that order) and wait until each is ready.
+
+    On a failure the ones already started are stopped before the error propagates.
+    """
+    logs = config.data_dir / "logs"
+    env = service_env(config, bootstrap, redis_url)
+    gateway_health = f"http://127.0.0.1:{config.gateway_port}/api/v1/health"
+    started: list[ServiceProcess] = []
+    try:
+        for name in ("indexer", "embedder", "gateway"):
+            service = ServiceProcess(
+                name,
+                logs / f"{name}.log",
+                module=f"imgsim_{name}",
+                env=env[name],
+                health_url=gateway_health if name == "gateway" else None,
+                ready_marker=None if name == "gateway" else READY_MARKER,
+            )
+            started.append(service)
+            service.start()
+    except BaseException:
+        for service in reversed(started):
+            service.stop()
+        raise
+    return started
+
+
 class LocalStack:
     """Starts everything in order and stops it in reverse, also after a failed start."""
 
@@ -102,19 +130,7 @@ class LocalStack:
             raise
 
     def start_services(self) -> None:
-        logs = self.config.data_dir / "logs"
-        env = service_env(self.config, self.kafka.bootstrap, self.redis.url)
-        for name in ("indexer", "embedder", "gateway"):
-            service = ServiceProcess(
-                name,
-                logs / f"{name}.log",
-                module=f"imgsim_{name}",
-                env=env[name],
-                health_url=f"{self.gateway_url}/api/v1/health" if name == "gateway" else None,
-                ready_marker=None if name == "gateway" else READY_MARKER,
-            )
-            self.services.append(service)
-            service.start()
+        self.services = start_services(self.config, self.kafka.bootstrap, self.redis.url)
 
     def stop(self) -> None:
         for service in reversed(self.services):

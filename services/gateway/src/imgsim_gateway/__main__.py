@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uvicorn
-from imgsim_core.telemetry import configure_telemetry
 
+from imgsim_core.telemetry import configure_telemetry
 from imgsim_gateway.app import create_app
 from imgsim_gateway.settings import GatewaySettings
 

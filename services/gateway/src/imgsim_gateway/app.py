@@ -15,13 +15,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from imgsim_core import __version__
-from imgsim_core.kafka import ensure_topics, make_producer
-from imgsim_core.requestreply import Requester
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from imgsim_core import __version__
+from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.requestreply import Requester
 from imgsim_gateway.errors import GatewayError
 from imgsim_gateway.pipeline import Pipeline
 from imgsim_gateway.routes import router

@@ -14,6 +14,8 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
 from imgsim_core.contracts import (
     IndexerStatus,
     Metadata,
@@ -26,8 +28,6 @@ from imgsim_core.images import ImageError, inspect_image
 from imgsim_core.kafka import encode_metadata, now_ms, produced_headers
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.topics import Header
-from pydantic import ValidationError
-
 from imgsim_gateway.errors import (
     BadRequestError,
     InvalidImageError,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH, Metadata, Threshold, TopK
 from pydantic import BaseModel, ConfigDict, Field
+
+from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH, Metadata, Threshold, TopK
 
 ImageId = Field(
     min_length=1,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from imgsim_core.settings import ImageLimits, KafkaSettings, RedisSettings
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imgsim_core.settings import ImageLimits, KafkaSettings, RedisSettings
 
 
 class GatewaySettings(BaseSettings):

@@ -1,0 +1,93 @@
+"""The three services as processes on a real broker and Redis, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imgsim_devstack.processes import ServiceProcess, free_port
+from imgsim_devstack.stack import StackConfig, start_services
+from tests.conftest import Services
+from tests.imagegen import make_image
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def stack(infra: Services, topic_prefix: str, tmp_path: Path) -> Iterator[str]:
+    config = StackConfig(
+        data_dir=tmp_path,
+        gateway_port=free_port(),
+        topic_prefix=topic_prefix,
+        partitions=3,
+        model_weights="random",
+    )
+    services: list[ServiceProcess] = start_services(config, infra.bootstrap, infra.redis_url)
+    try:
+        yield f"http://127.0.0.1:{config.gateway_port}"
+    finally:
+        for service in reversed(services):
+            service.stop()
+        for service in services:
+            assert service.proc is not None
+            assert service.proc.poll() is not None, f"{service.name} still running"
+
+
+async def wait_indexed(client: httpx.AsyncClient, count: int, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    indexed = -1
+    while time.monotonic() < deadline:
+        response = await client.get("/api/v1/stats")
+        if response.status_code == 200:
+            indexed = response.json()["indexed_images"]
+            if indexed >= count:
+                return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"only {indexed} of {count} images indexed after {timeout_s} s")
+
+
+async def test_index_30_images_then_each_finds_itself(stack: str) -> None:
+    formats = ("PNG", "JPEG")
+    images = {
+        f"img-{i:02d}.{formats[i % 2].lower()}": make_image(i, fmt=formats[i % 2])
+        for i in range(30)
+    }
+    async with httpx.AsyncClient(base_url=stack, timeout=60) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/api/v1/index",
+                    json={
+                        "image_data": base64.b64encode(data).decode(),
+                        "image_id": image_id,
+                        "metadata": {"n": int(image_id[4:6])},
+                    },
+                )
+                for image_id, data in images.items()
+            )
+        )
+        assert [r.status_code for r in responses] == [202] * 30
+        await wait_indexed(client, 30)
+        assert (await client.get("/api/v1/ready")).json()["status"] == "ready"
+
+        for image_id, data in images.items():
+            response = await client.post(
+                "/api/v1/search",
+                json={"image_data": base64.b64encode(data).decode(), "top_k": 3},
+            )
+            assert response.status_code == 200, response.text
+            body = response.json()
+            top = body["results"][0]
+            assert top["image_id"] == image_id
+            assert top["score"] >= 0.99
+            assert top["metadata"] == {"n": int(image_id[4:6])}
+            assert len(body["results"]) == 3
+            scores = [r["score"] for r in body["results"]]
+            assert scores == sorted(scores, reverse=True)
+            assert body["took_ms"] > 0
