@@ -13,6 +13,9 @@ import sys
 from prometheus_client import start_http_server
 from pythonjsonlogger.json import JsonFormatter
 
+# Logged once a service consumes; the local stack and the tests wait for it.
+READY_MESSAGE = "imgsim service ready"
+
 
 class _ServiceFilter(logging.Filter):
     def __init__(self, service: str) -> None:

@@ -12,11 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgsim_core.telemetry import READY_MESSAGE as READY_MARKER
 from imgsim_devstack.processes import KafkaBroker, RedisServer, ServiceProcess, free_port
 
 log = logging.getLogger(__name__)
-
-READY_MARKER = "imgsim service ready"
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""The app factory: a FastStream app whose lifespan opens and closes the heavy things.
+
+Start-up order (FastStream runs the lifespan before it starts the broker, so nothing is
+consumed before the model is ready): create the topics, start the preprocessing pool, load
+the model off the event loop, start the micro-batcher and the idempotent ``acks=all``
+producer of the images path, serve metrics. Shutdown runs in reverse after the broker has
+stopped its subscribers (in-flight batches get ``graceful_timeout`` to finish; an
+unfinished one is not committed and is redelivered). The queries path publishes through
+the broker's own producer with the small latency linger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+
+from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
+from imgsim_embedder.batcher import MicroBatcher
+from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
+from imgsim_embedder.model import ClipEncoder
+from imgsim_embedder.settings import EmbedderSettings
+
+log = logging.getLogger(__name__)
+
+KAFKA_TIMEOUT_S = 30.0
+GRACEFUL_TIMEOUT_S = 15.0
+
+
+@asynccontextmanager
+async def open_state(settings: EmbedderSettings) -> AsyncIterator[EmbedderState]:
+    """Everything the handlers need, opened in order and closed in reverse."""
+    async with AsyncExitStack() as stack:
+        async with asyncio.timeout(KAFKA_TIMEOUT_S):
+            await ensure_topics(settings.kafka)
+        pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="imgsim-prep")
+        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        encoder = await asyncio.to_thread(ClipEncoder.load, settings.model)
+        batcher = MicroBatcher(encoder, settings.max_batch, settings.max_wait_ms)
+        batcher.start()
+        stack.push_async_callback(batcher.stop)
+        producer = make_producer(settings.kafka, linger_ms=settings.kafka.bulk_linger_ms)
+        async with asyncio.timeout(KAFKA_TIMEOUT_S):
+            await producer.start()
+        stack.push_async_callback(producer.stop)
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+        log.info(
+            "embedder ready: %s, batches of ≤%d rows, ≤%.0f ms wait",
+            encoder.model_id,
+            settings.max_batch,
+            settings.max_wait_ms,
+        )
+        yield EmbedderState(encoder=encoder, batcher=batcher, pool=pool, producer=producer)
+        log.info("embedder stopping")
+
+
+def create_app(settings: EmbedderSettings) -> FastStream:
+    holder = StateHolder()
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers,
+        client_id="imgsim-embedder",
+        linger_ms=settings.kafka.latency_linger_ms,
+        graceful_timeout=GRACEFUL_TIMEOUT_S,
+    )
+    broker.include_router(build_router(settings, holder))
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        async with open_state(settings) as state:
+            holder.set(state)
+            try:
+                yield
+            finally:
+                holder.set(None)
+
+    app = FastStream(broker, lifespan=lifespan)
+
+    @app.after_startup
+    async def announce() -> None:
+        log.info("%s: embedder consuming", READY_MESSAGE)
+
+    return app

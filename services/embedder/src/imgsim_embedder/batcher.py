@@ -1,0 +1,228 @@
+"""Dynamic micro-batching of embedding work on asyncio.
+
+Callers submit rows (preprocessed image tensors or texts) and await their vectors; one
+worker task forms batches and runs the encoder in ONE dedicated single-thread executor,
+so the event loop never blocks and torch always gets the whole intra-op thread pool.
+
+Decisions:
+
+- Three queues: urgent images (search queries), texts (search queries, always urgent)
+  and bulk images (indexing). A batch is taken from the urgent queue whose head is
+  oldest, and from the bulk queue only when no urgent row waits. Images and texts never
+  share a forward pass (different towers).
+- A batch waits at most ``max_wait_ms`` counted from the arrival of its oldest row, or
+  until ``max_batch`` rows are there; a bulk batch stops waiting as soon as an urgent row
+  arrives. Rows that waited behind a running batch are therefore not delayed further.
+- One future per row: a caller's rows may span batches, and an encoder exception fails
+  only the rows of that batch (and so only their callers). A caller that gives up
+  (cancelled) leaves cancelled futures, which the worker skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+import numpy as np
+import torch
+from prometheus_client import Histogram
+
+from imgsim_embedder.errors import BatcherClosedError, InferenceError
+from imgsim_embedder.model import ImageEncoder, Vectors
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["image", "urgent_image", "text"]
+T = TypeVar("T", torch.Tensor, str)
+
+BATCH_SIZE = Histogram(
+    "imgsim_embedder_batch_size",
+    "Rows in one forward pass.",
+    ["kind"],
+    buckets=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128),
+)
+INFERENCE_SECONDS = Histogram(
+    "imgsim_embedder_inference_seconds",
+    "Seconds of one forward pass.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+@dataclass(slots=True)
+class _Row(Generic[T]):
+    payload: T
+    future: asyncio.Future[Vectors]
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class MicroBatcher:
+    """Forms batches from concurrent callers and runs them through an :class:`ImageEncoder`."""
+
+    def __init__(self, encoder: ImageEncoder, max_batch: int, max_wait_ms: float) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.encoder = encoder
+        self.max_batch = max_batch
+        self.max_wait_s = max(0.0, max_wait_ms) / 1000
+        self._urgent: deque[_Row[torch.Tensor]] = deque()
+        self._texts: deque[_Row[str]] = deque()
+        self._bulk: deque[_Row[torch.Tensor]] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsim-infer")
+        self._task = asyncio.create_task(self._run(), name="imgsim-batcher")
+
+    async def stop(self) -> None:
+        """Cancel the worker, fail the rows still waiting, release the inference thread."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        closed = BatcherClosedError("the embedder is stopping")
+        _fail(self._urgent, closed)
+        _fail(self._texts, closed)
+        _fail(self._bulk, closed)
+        self._urgent.clear()
+        self._texts.clear()
+        self._bulk.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def embed_images(self, tensors: Sequence[torch.Tensor], *, urgent: bool) -> Vectors:
+        """Vectors of preprocessed images, in order: (len(tensors), dim)."""
+        return await self._submit(self._urgent if urgent else self._bulk, tensors)
+
+    async def embed_text(self, texts: Sequence[str]) -> Vectors:
+        """Vectors of texts, in order; texts are always urgent."""
+        return await self._submit(self._texts, texts)
+
+    async def _submit(self, queue: deque[_Row[T]], payloads: Sequence[T]) -> Vectors:
+        if not payloads:
+            return np.empty((0, self.encoder.dim), dtype=np.float32)
+        if not self.running:
+            raise BatcherClosedError("the batcher is not running")
+        loop = asyncio.get_running_loop()
+        rows = [_Row(p, loop.create_future()) for p in payloads]
+        queue.extend(rows)
+        self._arrived.set()
+        vectors = await asyncio.gather(*(r.future for r in rows))
+        return np.stack(vectors)
+
+    def _next_queue(self) -> deque[_Row[torch.Tensor]] | deque[_Row[str]] | None:
+        """The urgent queue whose head waited longest, else bulk, else None."""
+        for queue in (self._urgent, self._texts, self._bulk):
+            while queue and queue[0].future.done():  # the caller gave up
+                queue.popleft()
+        if self._urgent and self._texts:
+            return (
+                self._urgent if self._urgent[0].arrived <= self._texts[0].arrived else self._texts
+            )
+        return self._urgent or self._texts or self._bulk or None
+
+    async def _run(self) -> None:
+        while True:
+            queue = self._next_queue()
+            if queue is None:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            if len(queue) < self.max_batch:
+                await self._fill(queue)
+                queue = self._next_queue()  # an urgent row may have come meanwhile
+                if queue is None:
+                    continue
+            if queue is self._texts:
+                await self._run_batch("text", self._take(self._texts), self._encode_texts)
+            elif queue is self._urgent:
+                await self._run_batch("urgent_image", self._take(self._urgent), self._encode_images)
+            else:
+                await self._run_batch("image", self._take(self._bulk), self._encode_images)
+
+    async def _fill(self, queue: deque[_Row[torch.Tensor]] | deque[_Row[str]]) -> None:
+        """Wait until ``queue`` holds a full batch or its oldest row has waited long enough."""
+        deadline = queue[0].arrived + self.max_wait_s
+        while len(queue) < self.max_batch:
+            if queue is self._bulk and (self._urgent or self._texts):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+
+    def _take(self, queue: deque[_Row[T]]) -> list[_Row[T]]:
+        rows: list[_Row[T]] = []
+        while queue and len(rows) < self.max_batch:
+            row = queue.popleft()
+            if not row.future.done():
+                rows.append(row)
+        return rows
+
+    async def _run_batch(
+        self, kind: Kind, rows: list[_Row[T]], encode: Callable[[list[T]], Vectors]
+    ) -> None:
+        if not rows:
+            return
+        assert self._executor is not None
+        payloads = [r.payload for r in rows]
+        started = time.perf_counter()
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                self._executor, encode, payloads
+            )
+            if vectors.shape[0] != len(rows):
+                raise InferenceError(f"the encoder gave {vectors.shape[0]} rows for {len(rows)}")
+        except asyncio.CancelledError:
+            _fail(rows, BatcherClosedError("the embedder is stopping"))
+            raise
+        except Exception as exc:  # the encoder's failure belongs to this batch's callers only
+            log.exception("%s batch of %d rows failed", kind, len(rows))
+            if isinstance(exc, InferenceError):
+                _fail(rows, exc)
+            else:
+                error = InferenceError(f"{type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                _fail(rows, error)
+            return
+        seconds = time.perf_counter() - started
+        BATCH_SIZE.labels(kind).observe(len(rows))
+        INFERENCE_SECONDS.labels(kind).observe(seconds)
+        log.debug("%s batch of %d rows in %.1f ms", kind, len(rows), seconds * 1000)
+        for row, vector in zip(rows, vectors, strict=True):
+            if not row.future.done():
+                row.future.set_result(vector)
+
+    def _encode_images(self, tensors: list[torch.Tensor]) -> Vectors:
+        """Runs on the inference thread."""
+        return self.encoder.encode_images(torch.stack(tensors))
+
+    def _encode_texts(self, texts: list[str]) -> Vectors:
+        """Runs on the inference thread."""
+        return self.encoder.encode_texts(texts)
+
+
+def _fail(rows: Iterable[_Row[T]], error: BaseException) -> None:
+    for row in rows:
+        if not row.future.done():
+            row.future.set_exception(error)

@@ -1,0 +1,34 @@
+"""The embedder's settings: one pydantic-settings class, env prefix ``EMBEDDER_``.
+
+Nested groups use ``__``: ``EMBEDDER_KAFKA__BOOTSTRAP_SERVERS``,
+``EMBEDDER_MODEL__WEIGHTS=random``, ``EMBEDDER_MODEL__DTYPE=float32``. Built once in
+``__main__`` and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imgsim_core.settings import ImageLimits, KafkaSettings, ModelSettings
+
+
+class EmbedderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBEDDER_", env_nested_delimiter="__")
+
+    kafka: KafkaSettings = KafkaSettings()
+    model: ModelSettings = ModelSettings()
+    limits: ImageLimits = ImageLimits()
+    group_id: str = "imgsim-embedder"
+    max_batch: int = Field(default=32, ge=1, description="Most rows in one forward pass.")
+    max_wait_ms: float = Field(
+        default=5, ge=0, description="How long a batch may wait for more rows to fill."
+    )
+    preprocess_threads: int = Field(default=2, ge=1, description="Decode + transform pool.")
+    query_concurrency: int = Field(
+        default=16, ge=1, description="Queries handled at once, so they can share a batch."
+    )
+    metrics_port: int = Field(default=0, ge=0, description="Prometheus port; 0 = off.")
+    metrics_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    json_logs: bool = True

@@ -1,0 +1,58 @@
+"""A fake :class:`ImageEncoder` for the embedder's unit tests (no torch model).
+
+An image becomes a 1-element tensor holding its top-left red value; a row's vector is
+``[value, 0, 0, 0]`` (texts: ``[len(text), 1, 0, 0]``), so tests can tell rows apart and
+check their order. Every forward pass is recorded; ``gate`` can hold passes back, and a
+row whose value is ``FAIL`` makes its whole pass raise.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgsim_embedder.model import Vectors
+
+FAIL = -1.0
+
+
+class FakeEncoder:
+    model_id = "fake/test"
+    dim = 4
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        red = img.convert("RGB").getpixel((0, 0))
+        assert isinstance(red, tuple)
+        return torch.tensor([float(red[0])])
+
+    def encode_images(self, batch: torch.Tensor) -> Vectors:
+        self.calls.append(("image", batch.shape[0]))
+        self.entered.set()
+        self.gate.wait(10)
+        if bool((batch[:, 0] == FAIL).any()):
+            raise RuntimeError("fake model failure")
+        out = np.zeros((batch.shape[0], self.dim), dtype=np.float32)
+        out[:, 0] = batch[:, 0].numpy()
+        return out
+
+    def encode_texts(self, texts: list[str]) -> Vectors:
+        self.calls.append(("text", len(texts)))
+        self.entered.set()
+        self.gate.wait(10)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out[:, 0] = [len(t) for t in texts]
+        out[:, 1] = 1
+        return out
+
+
+def row(value: float) -> torch.Tensor:
+    return torch.tensor([value])

@@ -1,0 +1,110 @@
+"""MicroBatcher with a fake encoder: priorities, batch bounds, failures, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from embedder_fakes import FAIL, FakeEncoder, row
+
+from imgsim_embedder.batcher import MicroBatcher
+from imgsim_embedder.errors import BatcherClosedError, InferenceError
+
+
+@pytest.fixture
+def fake() -> FakeEncoder:
+    return FakeEncoder()
+
+
+@pytest.fixture
+async def batcher(fake: FakeEncoder) -> AsyncIterator[MicroBatcher]:
+    b = MicroBatcher(fake, max_batch=4, max_wait_ms=20)
+    b.start()
+    yield b
+    fake.gate.set()
+    await b.stop()
+
+
+async def test_rows_come_back_in_order_in_bounded_batches(
+    batcher: MicroBatcher, fake: FakeEncoder
+) -> None:
+    vectors = await batcher.embed_images([row(float(i)) for i in range(10)], urgent=False)
+    assert vectors.shape == (10, 4)
+    assert vectors[:, 0].tolist() == [float(i) for i in range(10)]
+    assert [n for _, n in fake.calls] == [4, 4, 2]
+
+
+async def test_concurrent_callers_share_a_batch(batcher: MicroBatcher, fake: FakeEncoder) -> None:
+    results = await asyncio.gather(
+        *(batcher.embed_images([row(float(i))], urgent=True) for i in range(3))
+    )
+    assert [float(r[0, 0]) for r in results] == [0.0, 1.0, 2.0]
+    assert fake.calls == [("image", 3)]
+
+
+async def test_urgent_rows_go_before_bulk(batcher: MicroBatcher, fake: FakeEncoder) -> None:
+    fake.gate.clear()
+    first = asyncio.create_task(batcher.embed_images([row(0.0)] * 4, urgent=False))
+    await asyncio.to_thread(fake.entered.wait, 5)  # the first bulk batch is running
+    bulk = asyncio.create_task(batcher.embed_images([row(1.0)] * 4, urgent=False))
+    await asyncio.sleep(0.01)
+    query = asyncio.create_task(batcher.embed_images([row(2.0)], urgent=True))
+    text = asyncio.create_task(batcher.embed_text(["cat"]))
+    await asyncio.sleep(0.01)
+    fake.gate.set()
+    await asyncio.gather(first, bulk, query, text)
+    assert fake.calls == [("image", 4), ("image", 1), ("text", 1), ("image", 4)]
+
+
+async def test_images_and_texts_never_share_a_pass(
+    batcher: MicroBatcher, fake: FakeEncoder
+) -> None:
+    image, text = await asyncio.gather(
+        batcher.embed_images([row(5.0)], urgent=True), batcher.embed_text(["a dog", "x"])
+    )
+    assert image[:, 0].tolist() == [5.0]
+    assert text[:, 0].tolist() == [5.0, 1.0]
+    assert sorted(fake.calls) == [("image", 1), ("text", 2)]
+
+
+async def test_an_encoder_failure_fails_only_its_batch(fake: FakeEncoder) -> None:
+    b = MicroBatcher(fake, max_batch=1, max_wait_ms=0)
+    b.start()
+    try:
+        bad, good = await asyncio.gather(
+            b.embed_images([row(FAIL)], urgent=False),
+            b.embed_images([row(3.0)], urgent=False),
+            return_exceptions=True,
+        )
+        assert isinstance(bad, InferenceError)
+        assert isinstance(good, np.ndarray)
+        assert good[0, 0] == 3.0
+        again = await b.embed_images([row(4.0)], urgent=False)  # the worker lives on
+        assert again[0, 0] == 4.0
+    finally:
+        await b.stop()
+
+
+async def test_stop_cancels_the_worker_and_fails_waiting_callers(fake: FakeEncoder) -> None:
+    b = MicroBatcher(fake, max_batch=2, max_wait_ms=0)
+    b.start()
+    fake.gate.clear()
+    running = asyncio.create_task(b.embed_images([row(1.0)] * 2, urgent=False))
+    await asyncio.to_thread(fake.entered.wait, 5)
+    waiting = asyncio.create_task(b.embed_images([row(2.0)], urgent=False))
+    await asyncio.sleep(0.01)
+    await b.stop()
+    fake.gate.set()
+    assert not b.running
+    for task in (running, waiting):
+        with pytest.raises(BatcherClosedError):
+            await task
+    with pytest.raises(BatcherClosedError):
+        await b.embed_images([row(3.0)], urgent=False)
+
+
+async def test_empty_input_needs_no_pass(batcher: MicroBatcher, fake: FakeEncoder) -> None:
+    assert (await batcher.embed_images([], urgent=False)).shape == (0, 4)
+    assert fake.calls == []

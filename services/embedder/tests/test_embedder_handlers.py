@@ -1,0 +1,190 @@
+"""Record → output logic of the images handler, and query embedding, without Kafka."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+from embedder_fakes import FakeEncoder
+from PIL import Image
+
+from imgsim_core.contracts import ImageEmbedded, SearchRequested
+from imgsim_core.images import ImageError
+from imgsim_core.kafka import OutRecord, now_ms
+from imgsim_core.settings import ImageLimits
+from imgsim_core.topics import CONTRACT_VERSION, Header, Topics
+from imgsim_embedder.batcher import MicroBatcher
+from imgsim_embedder.handlers import embed_query, embed_records
+
+TOPICS = Topics("t.")
+LIMITS = ImageLimits()
+
+
+def png(red: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (red, 10, 20)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def record(
+    offset: int, key: bytes | None, value: bytes | None, metadata: bytes | None = None
+) -> ConsumerRecord[Any, Any]:
+    headers = [] if metadata is None else [(Header.METADATA, metadata)]
+    return ConsumerRecord(TOPICS.images, 0, offset, 0, 0, key, value, None, 0, 0, headers)
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as p:
+        yield p
+
+
+@pytest.fixture
+async def fake_batcher() -> AsyncIterator[MicroBatcher]:
+    b = MicroBatcher(FakeEncoder(), max_batch=8, max_wait_ms=1)
+    b.start()
+    yield b
+    await b.stop()
+
+
+async def run(
+    records: list[ConsumerRecord[Any, Any]], batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> list[OutRecord]:
+    return await embed_records(
+        records, encoder=batcher.encoder, batcher=batcher, pool=pool, topics=TOPICS, limits=LIMITS
+    )
+
+
+def headers_of(out: OutRecord) -> dict[str, str]:
+    return {k: v.decode() for k, v in out.headers}
+
+
+async def test_a_valid_image_becomes_a_vector(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    [out] = await run([record(7, b"img-1", png(200), b'{"tag":"x"}')], fake_batcher, pool)
+    assert (out.topic, out.key) == (TOPICS.vectors, b"img-1")
+    assert out.value is not None
+    event = ImageEmbedded.model_validate_json(out.value)
+    assert (event.image_id, event.model_id, event.dim) == ("img-1", "fake/test", 4)
+    assert event.array().tolist() == [200.0, 0.0, 0.0, 0.0]
+    assert event.metadata == {"tag": "x"}
+    assert event.source_offset == 7
+    assert headers_of(out)[Header.MODEL_ID] == "fake/test"
+    assert headers_of(out)[Header.CONTRACT] == CONTRACT_VERSION
+
+
+async def test_a_tombstone_passes_through(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    [out] = await run([record(1, b"gone", None)], fake_batcher, pool)
+    assert (out.topic, out.key, out.value) == (TOPICS.vectors, b"gone", None)
+    assert headers_of(out)[Header.CONTRACT] == CONTRACT_VERSION
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "metadata", "reason"),
+    [
+        (b"a", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, None, "corrupt_image: "),
+        (b"a", b"not an image at all", None, "unsupported_format: "),
+        (b"", png(1), None, "empty_key: "),
+        (None, None, None, "empty_key: "),
+        (b"\xff\xfe", png(1), None, "bad_key: "),
+        (b"a", png(1), b"[1, 2]", "bad_metadata: "),
+        (b"a", png(1), b"{not json", "bad_metadata: "),
+    ],
+)
+async def test_bad_records_become_dead_letters_with_a_reason(
+    fake_batcher: MicroBatcher,
+    pool: ThreadPoolExecutor,
+    key: bytes | None,
+    value: bytes | None,
+    metadata: bytes | None,
+    reason: str,
+) -> None:
+    [out] = await run([record(42, key, value, metadata)], fake_batcher, pool)
+    assert (out.topic, out.key, out.value) == (TOPICS.deadletter, key, value)
+    headers = headers_of(out)
+    assert headers[Header.REASON].startswith(reason)
+    assert headers[Header.SOURCE_OFFSET] == "42"
+    assert headers[Header.SOURCE_TOPIC] == TOPICS.images
+
+
+async def test_outputs_keep_the_input_order(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    records = [
+        record(0, b"a", png(10)),
+        record(1, b"b", None),
+        record(2, b"c", b"garbage"),
+        record(3, b"a", png(30)),
+        record(4, b"a", None),
+    ]
+    outs = await run(records, fake_batcher, pool)
+    assert [(o.topic, o.key) for o in outs] == [
+        (TOPICS.vectors, b"a"),
+        (TOPICS.vectors, b"b"),
+        (TOPICS.deadletter, b"c"),
+        (TOPICS.vectors, b"a"),
+        (TOPICS.vectors, b"a"),
+    ]
+    first, last = (ImageEmbedded.model_validate_json(outs[i].value or b"") for i in (0, 3))
+    assert (first.array()[0], last.array()[0]) == (10.0, 30.0)
+    assert outs[4].value is None
+
+
+def query(**fields: Any) -> SearchRequested:
+    return SearchRequested(deadline_ms=now_ms() + 5000, top_k=3, **fields)
+
+
+async def test_an_image_query_gets_its_vector(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    q = query(image=base64.b64encode(png(99)).decode(), threshold=0.5)
+    search = await embed_query(
+        q, encoder=fake_batcher.encoder, batcher=fake_batcher, pool=pool, limits=LIMITS
+    )
+    assert (search.model_id, search.top_k, search.threshold) == ("fake/test", 3, 0.5)
+    assert search.deadline_ms == q.deadline_ms
+    assert base64.b64decode(search.vector)[:4] == b"\x00\x00\xc6\x42"  # 99.0 as <f4
+
+
+async def test_a_text_query_gets_its_vector(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    search = await embed_query(
+        query(text="a red car"),
+        encoder=fake_batcher.encoder,
+        batcher=fake_batcher,
+        pool=pool,
+        limits=LIMITS,
+    )
+    assert search.model_id == "fake/test"
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({}, "bad_request"),
+        ({"text": "x", "image": base64.b64encode(png(1)).decode()}, "bad_request"),
+        ({"image": "%%% not base64"}, "bad_base64"),
+        ({"image": base64.b64encode(b"nope").decode()}, "unsupported_format"),
+    ],
+)
+async def test_bad_queries_raise_with_a_code(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor, fields: dict[str, str], code: str
+) -> None:
+    with pytest.raises(ImageError) as info:
+        await embed_query(
+            query(**fields),
+            encoder=fake_batcher.encoder,
+            batcher=fake_batcher,
+            pool=pool,
+            limits=LIMITS,
+        )
+    assert info.value.code == code

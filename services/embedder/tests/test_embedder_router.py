@@ -1,0 +1,125 @@
+"""The router under FastStream's TestKafkaBroker (in memory), with the fake encoder.
+
+Proves the wiring: a query is forwarded to the searches topic with the incoming
+correlation_id and reply_to, bad input is answered on reply_to, late queries are dropped,
+and an image batch is produced through the service's producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from embedder_fakes import FakeEncoder
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from PIL import Image
+
+from imgsim_core.contracts import (
+    ImageEmbedded,
+    SearchReplied,
+    SearchRequested,
+    VectorSearchRequested,
+)
+from imgsim_core.kafka import now_ms
+from imgsim_core.topics import Header
+from imgsim_embedder.batcher import MicroBatcher
+from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
+from imgsim_embedder.settings import EmbedderSettings
+
+SETTINGS = EmbedderSettings()
+TOPICS = SETTINGS.kafka.topics
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes | None, **kw: Any) -> asyncio.Future[None]:
+        self.sent.append((topic, kw.get("key"), value))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+class Harness:
+    def __init__(self, broker: KafkaBroker, producer: FakeProducer) -> None:
+        self.broker = broker
+        self.producer = producer
+        self.searches: list[tuple[VectorSearchRequested, str | None, str]] = []
+        self.replies: list[tuple[SearchReplied, str | None]] = []
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    encoder = FakeEncoder()
+    batcher = MicroBatcher(encoder, max_batch=8, max_wait_ms=1)
+    batcher.start()
+    producer = FakeProducer()
+    holder = StateHolder()
+    pool = ThreadPoolExecutor(1)
+    holder.set(EmbedderState(encoder, batcher, pool, cast(AIOKafkaProducer, producer)))
+    broker = KafkaBroker()
+    broker.include_router(build_router(SETTINGS, holder))
+    h = Harness(broker, producer)
+
+    @broker.subscriber(TOPICS.searches, no_reply=True)  # the indexer would reply
+    async def searches(body: VectorSearchRequested, message: KafkaMessage) -> None:
+        h.searches.append((body, message.correlation_id, message.reply_to))
+
+    @broker.subscriber("replies.test")
+    async def replies(body: SearchReplied, message: KafkaMessage) -> None:
+        h.replies.append((body, message.correlation_id))
+
+    async with TestKafkaBroker(broker):
+        yield h
+    await batcher.stop()
+    pool.shutdown()
+
+
+def png() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (50, 60, 70)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+async def ask(h: Harness, query: SearchRequested) -> None:
+    await h.broker.publish(query, TOPICS.queries, correlation_id="cid-1", reply_to="replies.test")
+
+
+async def test_a_query_goes_to_searches_with_its_reply_address(harness: Harness) -> None:
+    await ask(harness, SearchRequested(image=png(), top_k=5, deadline_ms=now_ms() + 5000))
+    [(search, cid, reply_to)] = harness.searches
+    assert (cid, reply_to) == ("cid-1", "replies.test")
+    assert (search.top_k, search.model_id) == (5, "fake/test")
+    assert harness.replies == []
+
+
+async def test_a_bad_query_is_answered_with_an_error(harness: Harness) -> None:
+    await ask(harness, SearchRequested(image="@@@", deadline_ms=now_ms() + 5000))
+    [(reply, cid)] = harness.replies
+    assert (reply.error_code, cid) == ("bad_base64", "cid-1")
+    assert harness.searches == []
+
+
+async def test_a_late_query_is_dropped(harness: Harness) -> None:
+    await ask(harness, SearchRequested(text="late", deadline_ms=now_ms() - 1))
+    assert harness.searches == []
+    assert harness.replies == []
+
+
+async def test_an_image_record_is_produced_as_a_vector(harness: Harness) -> None:
+    data = base64.b64decode(png())
+    await harness.broker.publish(
+        data, TOPICS.images, key=b"img-9", headers={Header.METADATA: '{"a":1}'}
+    )
+    [(topic, key, value)] = harness.producer.sent
+    assert (topic, key) == (TOPICS.vectors, b"img-9")
+    event = ImageEmbedded.model_validate_json(value or b"")
+    assert (event.image_id, event.metadata) == ("img-9", {"a": 1})

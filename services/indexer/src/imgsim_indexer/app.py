@@ -1,0 +1,58 @@
+"""The indexer's app factory and lifespan.
+
+The lifespan runs before the broker starts its subscribers and ends after they stopped:
+it creates the topics (idempotent), opens the vector store, starts the dead-letter
+producer and the metrics endpoint, and closes them in reverse order. Nothing that holds
+a connection lives at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+
+from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
+from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.settings import IndexerSettings
+from imgsim_indexer.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: IndexerSettings) -> FastStream:
+    state = IndexerState(store=open_store(settings.qdrant, settings.dim))
+    broker = KafkaBroker(settings.kafka.bootstrap_servers)
+    broker.include_router(build_router(settings, state))
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        await ensure_topics(settings.kafka)
+        await state.store.open()
+        try:
+            producer = make_producer(settings.kafka, linger_ms=settings.kafka.bulk_linger_ms)
+            await producer.start()
+            try:
+                state.deadletter_producer = producer
+                serve_metrics(settings.metrics_port, settings.metrics_host)
+                log.info(
+                    "indexer ready: %s collection %s", state.store.name, state.store.collection
+                )
+                yield
+            finally:
+                state.deadletter_producer = None
+                await producer.stop()
+        finally:
+            await state.store.close()
+
+    app = FastStream(broker, lifespan=lifespan)
+
+    @app.after_startup
+    async def announce() -> None:
+        log.info("%s: indexer consuming", READY_MESSAGE)
+
+    return app

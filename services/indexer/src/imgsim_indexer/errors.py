@@ -1,0 +1,28 @@
+"""The indexer's exception tree.
+
+Store implementations translate their client's errors into :class:`StoreError` at one
+place each, so handlers catch one narrow type. Bad records are not exceptions here: they
+become dead letters (see :mod:`imgsim_indexer.handlers`).
+"""
+
+from __future__ import annotations
+
+
+class IndexerError(Exception):
+    """Base class of every error the indexer raises on purpose."""
+
+
+class StoreError(IndexerError):
+    """The vector store failed or refused an operation."""
+
+
+class StoreNotOpenError(StoreError):
+    """The store was used before :meth:`open` or after :meth:`close`."""
+
+
+class StoreConfigError(StoreError):
+    """The existing collection does not fit the settings (e.g. another dimension)."""
+
+
+class NotStartedError(IndexerError):
+    """A handler ran before the app's lifespan started what it needs."""

@@ -1,0 +1,103 @@
+"""What a batch of vectors-topic records does to the store: a pure function.
+
+:func:`plan_batch` turns raw aiokafka records into upserts, deletes and dead letters,
+without I/O, so every rule is unit-testable:
+
+- key = image id (:func:`imgsim_core.kafka.decode_key`); a null value (tombstone) deletes;
+- any other value must be :class:`~imgsim_core.contracts.ImageEmbedded` JSON whose
+  ``image_id`` equals the key and whose vector has the index's dimension, finite and
+  non-zero (cosine needs a norm);
+- a record that breaks a rule becomes a dead letter ``"<code>: <why>"`` and the rest of
+  the batch goes on;
+- within one batch the last operation per image id wins (Kafka keeps order per key, and
+  records of different keys are independent, so deletes and upserts of one plan can be
+  applied in any order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from aiokafka import ConsumerRecord
+from pydantic import ValidationError
+
+from imgsim_core.contracts import ImageEmbedded
+from imgsim_core.kafka import EventError, OutRecord, dead_letter_record, decode_key
+from imgsim_indexer.store import Point
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """The store operations and dead letters of one batch."""
+
+    upserts: list[Point] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    dead_letters: list[OutRecord] = field(default_factory=list)
+
+
+def plan_batch(
+    records: Iterable[ConsumerRecord[Any, Any]],
+    *,
+    dim: int,
+    deadletter_topic: str,
+    now: datetime,
+) -> BatchPlan:
+    """Upserts, deletes and dead letters for ``records`` (in offset order per partition)."""
+    last: dict[str, Point | None] = {}  # image id → its last operation (None = delete)
+    plan = BatchPlan()
+    for record in records:
+        try:
+            image_id, point = _operation(record, dim=dim, now=now)
+        except EventError as exc:
+            plan.dead_letters.append(
+                dead_letter_record(deadletter_topic, record, f"{exc.code}: {exc.message}")
+            )
+            continue
+        last[image_id] = point
+    for image_id, op in last.items():
+        if op is None:
+            plan.deletes.append(image_id)
+        else:
+            plan.upserts.append(op)
+    return plan
+
+
+def _operation(
+    record: ConsumerRecord[Any, Any], *, dim: int, now: datetime
+) -> tuple[str, Point | None]:
+    image_id = decode_key(record.key)
+    if record.value is None:
+        return image_id, None
+    try:
+        event = ImageEmbedded.model_validate_json(record.value)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise EventError("bad_json", "the value is not JSON") from exc
+        raise EventError("bad_event", f"the value is not an ImageEmbedded event: {exc}") from exc
+    if event.image_id != image_id:
+        raise EventError(
+            "key_mismatch", f"key {image_id!r} differs from the event's {event.image_id!r}"
+        )
+    if event.dim != dim:
+        raise EventError("wrong_dim", f"the vector has dim {event.dim}, the index expects {dim}")
+    try:
+        vector = event.array()
+    except ValueError as exc:  # not base64, or not whole float32s
+        raise EventError("bad_vector", "the vector is not base64 of packed float32") from exc
+    if vector.shape != (dim,):
+        raise EventError(
+            "bad_vector", f"the vector holds {vector.size} floats, its event says dim {dim}"
+        )
+    if not np.all(np.isfinite(vector)) or not np.any(vector):
+        raise EventError("bad_vector", "the vector is zero or not finite")
+    return image_id, Point(
+        image_id=image_id,
+        vector=vector,
+        model_id=event.model_id,
+        metadata=event.metadata,
+        indexed_at=now,
+    )

@@ -1,0 +1,141 @@
+"""Vectors-topic records → store operations and dead letters (pure, no I/O)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import ConsumerRecord
+from indexer_samples import DIM, unit_vector
+
+from imgsim_core.contracts import ImageEmbedded, pack_vector
+from imgsim_core.kafka import OutRecord
+from imgsim_core.topics import Header
+from imgsim_indexer.operations import plan_batch
+
+DEADLETTER = "imgsim.deadletter"
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+_offsets = iter(range(1_000_000))
+
+
+def record(
+    key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="imgsim.vectors",
+        partition=2,
+        offset=next(_offsets),
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=headers,
+    )
+
+
+def embedded(image_id: str, seed: int = 0, **changes: Any) -> bytes:
+    fields: dict[str, Any] = {
+        "image_id": image_id,
+        "model_id": "m",
+        "dim": DIM,
+        "vector": pack_vector(unit_vector(seed)),
+        "metadata": {"seed": seed},
+        "embedded_at": NOW,
+    }
+    fields.update(changes)
+    return ImageEmbedded(**fields).model_dump_json().encode()
+
+
+def plan(*records: ConsumerRecord[bytes, bytes]) -> Any:
+    return plan_batch(records, dim=DIM, deadletter_topic=DEADLETTER, now=NOW)
+
+
+def reason(dead: OutRecord) -> str:
+    return dict(dead.headers)[Header.REASON].decode()
+
+
+def test_valid_event_becomes_an_upsert() -> None:
+    result = plan(record(b"a", embedded("a", 3)))
+
+    assert result.deletes == []
+    assert result.dead_letters == []
+    [point] = result.upserts
+    assert point.image_id == "a"
+    assert point.model_id == "m"
+    assert point.metadata == {"seed": 3}
+    assert point.indexed_at == NOW
+    np.testing.assert_array_equal(point.vector, unit_vector(3))
+
+
+def test_tombstone_becomes_a_delete() -> None:
+    result = plan(record(b"a", None))
+
+    assert result.deletes == ["a"]
+    assert result.upserts == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code"),
+    [
+        pytest.param(b"a", b"{not json", "bad_json", id="bad-json"),
+        pytest.param(b"a", b'{"image_id": "a"}', "bad_event", id="wrong-schema"),
+        pytest.param(b"a", embedded("a", dim=DIM * 2), "wrong_dim", id="wrong-dim"),
+        pytest.param(b"a", embedded("b"), "key_mismatch", id="key-mismatch"),
+        pytest.param(b"", embedded("a"), "empty_key", id="empty-key"),
+        pytest.param(None, embedded("a"), "empty_key", id="no-key"),
+        pytest.param(b"\xff\xfe", embedded("a"), "bad_key", id="key-not-utf8"),
+        pytest.param(
+            b"a",
+            embedded("a", vector=pack_vector(np.ones(3, np.float32))),
+            "bad_vector",
+            id="short",
+        ),
+        pytest.param(
+            b"a",
+            embedded("a", vector=pack_vector(np.zeros(DIM, np.float32))),
+            "bad_vector",
+            id="zero",
+        ),
+        pytest.param(b"a", embedded("a", vector="@@not base64@@"), "bad_vector", id="not-base64"),
+    ],
+)
+def test_bad_records_become_dead_letters(key: bytes | None, value: bytes, code: str) -> None:
+    bad = record(key, value, headers=(("trace", b"t1"),))
+
+    result = plan(bad, record(b"ok", embedded("ok")))
+
+    assert [p.image_id for p in result.upserts] == ["ok"]  # the rest of the batch goes on
+    [dead] = result.dead_letters
+    assert dead.topic == DEADLETTER
+    assert (dead.key, dead.value) == (key, value)
+    assert reason(dead).startswith(f"{code}: ")
+    headers = dict(dead.headers)
+    assert headers[Header.SOURCE_OFFSET] == str(bad.offset).encode()
+    assert headers[Header.SOURCE_PARTITION] == b"2"
+    assert headers[f"{Header.ORIGINAL_PREFIX}trace"] == b"t1"
+
+
+def test_last_operation_per_key_wins() -> None:
+    result = plan(
+        record(b"a", embedded("a", 1)),
+        record(b"b", embedded("b", 2)),
+        record(b"a", None),  # a: upsert then delete → delete
+        record(b"b", embedded("b", 5)),  # b: two upserts → the later one
+        record(b"c", None),
+        record(b"c", embedded("c", 7)),  # c: delete then upsert → upsert
+    )
+
+    assert result.deletes == ["a"]
+    assert {p.image_id: p.metadata for p in result.upserts} == {"b": {"seed": 5}, "c": {"seed": 7}}
+
+
+def test_a_dead_letter_does_not_undo_an_earlier_operation() -> None:
+    result = plan(record(b"a", embedded("a", 1)), record(b"a", b"garbage"))
+
+    assert [p.image_id for p in result.upserts] == ["a"]
+    assert len(result.dead_letters) == 1
