@@ -24,6 +24,7 @@ from imgsim_devstack.processes import KafkaBroker, RedisServer, free_port
 class Services:
     bootstrap: str
     redis_url: str
+    qdrant_url: str | None = None  # a Qdrant server, only where containers provide one
 
 
 def _docker_reachable() -> bool:
@@ -40,12 +41,19 @@ def _docker_reachable() -> bool:
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """Kafka and Redis for the whole session, stopped at its end."""
     if os.environ.get("IMGSIM_TEST_CONTAINERS") == "1" and _docker_reachable():
+        from testcontainers.core.container import DockerContainer
         from testcontainers.kafka import KafkaContainer
         from testcontainers.redis import RedisContainer
 
-        with KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka, RedisContainer() as redis:
+        qdrant = DockerContainer("qdrant/qdrant:v1.15.1").with_exposed_ports(6333)
+        with (
+            KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka,
+            RedisContainer() as redis,
+            qdrant,
+        ):
             host, port = redis.get_container_host_ip(), redis.get_exposed_port(6379)
-            yield Services(kafka.get_bootstrap_server(), f"redis://{host}:{port}/0")
+            qdrant_url = f"http://{qdrant.get_container_host_ip()}:{qdrant.get_exposed_port(6333)}"
+            yield Services(kafka.get_bootstrap_server(), f"redis://{host}:{port}/0", qdrant_url)
         return
     base: Path = tmp_path_factory.mktemp("infra")
     kafka = KafkaBroker("kafka", base / "kafka.log", data_dir=base / "kafka", port=free_port())

@@ -19,14 +19,26 @@ from tests.conftest import Services
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def stack(infra: Services, topic_prefix: str, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(params=["qdrant-edge", "qdrant-server"])
+def stack(
+    request: pytest.FixtureRequest, infra: Services, topic_prefix: str, tmp_path: Path
+) -> Iterator[str]:
+    """The three services; the indexer on embedded Qdrant Edge, or on a Qdrant server."""
+    extra_env = {}
+    if request.param == "qdrant-server":
+        if infra.qdrant_url is None:
+            pytest.skip("a Qdrant server comes only from testcontainers (IMGSIM_TEST_CONTAINERS=1)")
+        extra_env = {
+            "INDEXER_QDRANT__URL": infra.qdrant_url,
+            "INDEXER_QDRANT__COLLECTION": f"c{topic_prefix.rstrip('.')}",
+        }
     config = StackConfig(
         data_dir=tmp_path,
         gateway_port=free_port(),
         topic_prefix=topic_prefix,
         partitions=3,
         model_weights="random",
+        extra_env=extra_env,
     )
     services: list[ServiceProcess] = start_services(config, infra.bootstrap, infra.redis_url)
     try:
