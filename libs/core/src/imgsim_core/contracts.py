@@ -9,13 +9,14 @@ numbers.
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 # Point ids are derived from image ids, so a redelivered event overwrites, never duplicates.
 POINT_NAMESPACE = uuid.UUID("6f1d6c2e-1b8e-5c55-9a51-2f3b2f6a9e10")
@@ -57,6 +58,9 @@ class ImageEmbedded(_Event):
     dim: int = Field(gt=0)
     vector: str = Field(description="base64 of packed little-endian float32, L2-normalised")
     metadata: Metadata = Field(default_factory=dict)
+    source_partition: int | None = Field(
+        default=None, description="Partition of the image record this vector was computed from."
+    )
     source_offset: int | None = Field(
         default=None, description="Offset of the image record this vector was computed from."
     )
@@ -66,12 +70,57 @@ class ImageEmbedded(_Event):
         return unpack_vector(self.vector)
 
 
+Scalar = str | int | float | bool
+
+
+class Range(_Event):
+    """A numeric range on a metadata field; at least one bound."""
+
+    gte: float | None = None
+    lte: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Range:
+        if self.gte is None and self.lte is None and self.gt is None and self.lt is None:
+            raise ValueError("a range needs at least one of gte, lte, gt, lt")
+        return self
+
+
+# A condition on one metadata key: a value (exact match; on a list field, any item
+# matches), a list of values (any of them), or a numeric range.
+Condition = Scalar | list[Scalar] | Range
+MAX_FILTER_KEYS = 16
+FILTER_KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$"
+
+
+def validate_filter(value: dict[str, Condition] | None) -> dict[str, Condition] | None:
+    if value is None:
+        return None
+    if len(value) > MAX_FILTER_KEYS:
+        raise ValueError(f"a filter has at most {MAX_FILTER_KEYS} keys")
+    for key in value:
+        if not re.match(FILTER_KEY_PATTERN, key):
+            raise ValueError(f"filter key {key!r}: letters, digits, _ and -, 1-64 characters")
+    return value
+
+
+Filter = Annotated[dict[str, Condition] | None, AfterValidator(validate_filter)]
+
+
 class SearchParams(_Event):
     """What every search asks for, whatever its query."""
 
     top_k: TopK = 10
     threshold: Threshold | None = None
     include_metadata: bool = True
+    filter: Filter = Field(
+        default=None,
+        description="Metadata conditions, all of which must hold: key → value, list of "
+        "values (any), or range {gte, lte, gt, lt}.",
+        examples=[{"tags": "cat", "year": {"gte": 2020}}],
+    )
 
 
 class SearchRequested(SearchParams):
@@ -83,10 +132,15 @@ class SearchRequested(SearchParams):
 
 
 class VectorSearchRequested(SearchParams):
-    """A search with its query vector (searches topic)."""
+    """A search with its query vector, or by an indexed image's id (searches topic).
 
-    vector: str = Field(description="base64 of packed little-endian float32")
-    model_id: str
+    Exactly one of ``vector`` and ``like_image_id``; a search by id ("more like this")
+    leaves the image itself out of its hits.
+    """
+
+    vector: str | None = Field(default=None, description="base64 of packed little-endian float32")
+    like_image_id: str | None = Field(default=None, max_length=MAX_IMAGE_ID_LENGTH)
+    model_id: str | None = None
     deadline_ms: int
 
 
@@ -117,4 +171,26 @@ class IndexerStatus(_Event):
     store: str = Field(description="qdrant-edge or qdrant-server")
     collection: str
     indexed: int = Field(description="Points in the collection.")
+    model_id: str | None = Field(default=None, description="The model its vectors must come from.")
+    started_at: datetime | None = None
+    error: str | None = None
+
+
+class LookupRequested(_Event):
+    """Asks the indexer for one image's record (lookups topic)."""
+
+    image_id: str = Field(max_length=MAX_IMAGE_ID_LENGTH)
+    deadline_ms: int
+
+
+class ImageRecord(_Event):
+    """The indexer's answer to :class:`LookupRequested`."""
+
+    image_id: str
+    found: bool
+    model_id: str | None = None
+    metadata: Metadata | None = None
+    indexed_at: datetime | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
     error: str | None = None

@@ -179,7 +179,14 @@ async def ensure_topics(settings: KafkaSettings, extra: Iterable[str] = ()) -> N
         NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=compacted)
         for name in topics.compacted
     ]
-    for name in (topics.queries, topics.searches, topics.status, topics.deadletter, *extra):
+    for name in (
+        topics.queries,
+        topics.searches,
+        topics.status,
+        topics.lookups,
+        topics.deadletter,
+        *extra,
+    ):
         wanted.append(
             NewTopic(
                 name,

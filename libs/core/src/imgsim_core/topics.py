@@ -64,6 +64,11 @@ class Topics:
         """Status requests to the indexer (:class:`~imgsim_core.contracts.StatusRequested`)."""
         return f"{self.prefix}status"
 
+    @property
+    def lookups(self) -> str:
+        """One image's record from the indexer (:class:`~imgsim_core.contracts.LookupRequested`)."""
+        return f"{self.prefix}lookups"
+
     def replies(self, instance_id: str) -> str:
         """The reply topic of one gateway instance."""
         return f"{self.prefix}replies.{instance_id}"
@@ -80,5 +85,6 @@ class Topics:
             self.queries,
             self.searches,
             self.status,
+            self.lookups,
             self.deadletter,
         )
