@@ -154,6 +154,10 @@ class SearchReplied(_Event):
     """The answer to a search, sent to the asking gateway's reply topic."""
 
     hits: list[SearchHit] = Field(default_factory=list)
+    query_vector: str | None = Field(
+        default=None, description="The query's vector, echoed so the gateway can cache it."
+    )
+    model_id: str | None = None
     error: str | None = None
     error_code: str | None = None
 

@@ -1,14 +1,13 @@
 """The whole local stack: Kafka, Redis and the three services, started in order.
 
 The services are configured through the same environment variables as in production
-(see the README); the embedder uses random weights unless ``EMBEDDER_MODEL__WEIGHTS``
+(see the README); the embedder and the indexer use random weights unless ``--weights``
 says otherwise, because this stack must run on machines that cannot download weights.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,20 +41,23 @@ def service_env(config: StackConfig, bootstrap: str, redis_url: str) -> dict[str
     def prefixed(prefix: str, values: dict[str, str]) -> dict[str, str]:
         return {f"{prefix}_{k}": v for k, v in values.items()}
 
+    # The indexer accepts vectors of one model only: the one the embedder loads.
+    weights = config.model_weights
+
     env = {
         "indexer": {
             **common,
             **prefixed("INDEXER", shared),
             "INDEXER_QDRANT__PATH": str((config.data_dir / "qdrant-edge").resolve()),
+            "INDEXER_MODEL__WEIGHTS": weights,
+            "INDEXER_REDIS__URL": redis_url,
             "INDEXER_METRICS_PORT": str(free_port()),
             "OTEL_SERVICE_NAME": "imgsim-indexer",
         },
         "embedder": {
             **common,
             **prefixed("EMBEDDER", shared),
-            "EMBEDDER_MODEL__WEIGHTS": os.environ.get(
-                "EMBEDDER_MODEL__WEIGHTS", config.model_weights
-            ),
+            "EMBEDDER_MODEL__WEIGHTS": weights,
             "EMBEDDER_METRICS_PORT": str(free_port()),
             "OTEL_SERVICE_NAME": "imgsim-embedder",
         },

@@ -7,13 +7,17 @@ HTTP responses here, in one place, with one body shape.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
@@ -22,9 +26,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from imgsim_core import __version__
 from imgsim_core.kafka import ensure_topics, make_producer
 from imgsim_core.requestreply import Requester
-from imgsim_gateway.errors import GatewayError
+from imgsim_gateway.cache import SearchCache
+from imgsim_gateway.errors import GatewayError, RateLimitedError
+from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.pipeline import Pipeline
-from imgsim_gateway.routes import router
+from imgsim_gateway.routes import open_router, router
 from imgsim_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -37,18 +43,20 @@ def error_response(status_code: int, code: str, message: str) -> JSONResponse:
 class BodySizeLimit:
     """Rejects a body over the limit from its Content-Length, before reading it (413)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            limit = self.larger.get(scope["path"], self.max_bytes)
             length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            if length is not None and length.isdigit() and int(length) > limit:
                 response = error_response(
                     413,
                     "payload_too_large",
-                    f"the body is {int(length)} bytes; the limit is {self.max_bytes}",
+                    f"the body is {int(length)} bytes; the limit is {limit}",
                 )
                 await response(scope, receive, send)
                 return
@@ -74,13 +82,35 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             socket_timeout=settings.redis.timeout_s,
             socket_connect_timeout=settings.redis.timeout_s,
         )
+        cache = SearchCache(
+            redis,
+            kafka.topic_prefix,
+            result_ttl_s=settings.result_cache_ttl_s,
+            embedding_ttl_s=settings.embedding_cache_ttl_s,
+        )
+        kafka_stats = KafkaStats(
+            kafka,
+            {
+                kafka.topics.images: settings.embedder_group,
+                kafka.topics.vectors: settings.indexer_group,
+            },
+        )
+        sampler: asyncio.Task[None] | None = None
         try:
             await requester.start()
-            app.state.pipeline = Pipeline(settings, producer, requester)
+            await kafka_stats.start()
+            sampler = asyncio.create_task(_sample_rates(kafka_stats), name="imgsim-rates")
+            app.state.pipeline = Pipeline(settings, producer, requester, cache)
             app.state.redis = redis
+            app.state.kafka_stats = kafka_stats
             log.info("gateway ready; replies on %s", requester.reply_topic)
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            await kafka_stats.stop()
             await requester.stop()
             await producer.stop()
             await redis.aclose()
@@ -91,13 +121,19 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Image similarity search over Kafka, CLIP and Qdrant.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.state.started = time.monotonic()
+    app.include_router(open_router)
     app.include_router(router)
 
     @app.exception_handler(GatewayError)
     async def on_gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("%s: %s", exc.code, exc.message)
-        return error_response(exc.status_code, exc.code, exc.message)
+        response = error_response(exc.status_code, exc.code, exc.message)
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -111,5 +147,26 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        larger={"/api/v1/index/batch": settings.max_batch_body_bytes},
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
     return app
+
+
+async def _sample_rates(stats: KafkaStats, every_s: float = 10.0) -> None:
+    """Sample topic end offsets so /stats can report recent rates."""
+    while True:
+        try:
+            await stats.rates()
+        except Exception:  # a stats sample must never kill the gateway
+            log.debug("sampling topic offsets failed", exc_info=True)
+        await asyncio.sleep(every_s)

@@ -29,13 +29,32 @@ class InvalidImageError(GatewayError):
     code = "invalid_image"
 
 
+class UnauthorizedError(GatewayError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFoundError(GatewayError):
+    status_code = 404
+    code = "not_found"
+
+
+class RateLimitedError(GatewayError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PayloadTooLargeError(GatewayError):
     status_code = 413
     code = "payload_too_large"
 
 
 class UpstreamTimeoutError(GatewayError):
-    """No answer from the pipeline before the deadline."""
+    """No answer from the pipeline before the deadline (the write, if any, goes on)."""
 
     status_code = 504
     code = "timeout"

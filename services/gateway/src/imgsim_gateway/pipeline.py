@@ -1,40 +1,56 @@
-"""The gateway's side of the pipeline: produce image events, ask for searches and status.
+"""The gateway's side of the pipeline: image events in, searches and lookups over Kafka.
 
-Writes go to the images topic as upstream producers would write them (key = image id,
-value = raw bytes, ``metadata`` header), and are acknowledged by the broker before the
-gateway answers 202. Searches and status requests cross Kafka through the shared
-:class:`~imgsim_core.requestreply.Requester`.
+Writes go to the images topic exactly as upstream producers write them (key = image id,
+value = raw bytes, ``metadata`` header; a null value deletes) and are acknowledged by the
+broker before the gateway answers. With ``wait=true`` the gateway then asks the indexer
+for the image's record until it reflects the write (its source partition and offset
+reach the write's) or, for a delete, until it is gone.
+
+Searches cross Kafka through :class:`~imgsim_core.requestreply.Requester`; a search
+whose embedding is cached goes straight to the indexer (searches topic), skipping the
+embedder; see :mod:`imgsim_gateway.cache`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
+import time
+from dataclasses import dataclass
+from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from imgsim_core.contracts import (
+    ImageRecord,
     IndexerStatus,
+    LookupRequested,
     Metadata,
     SearchHit,
     SearchReplied,
     SearchRequested,
     StatusRequested,
+    VectorSearchRequested,
 )
 from imgsim_core.images import ImageError, inspect_image
 from imgsim_core.kafka import encode_metadata, now_ms, produced_headers
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.topics import Header
+from imgsim_gateway.cache import SearchCache
 from imgsim_gateway.errors import (
     BadRequestError,
+    GatewayError,
     InvalidImageError,
+    NotFoundError,
     PayloadTooLargeError,
     UpstreamError,
     UpstreamTimeoutError,
 )
+from imgsim_gateway.schemas import SearchOptions
 from imgsim_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -46,8 +62,18 @@ _CONTENT_TYPES = {
     "GIF": "image/gif",
     "BMP": "image/bmp",
 }
-# Error codes in replies that are the client's fault, and their HTTP errors.
-_CLIENT_ERRORS = {"bad_image", "bad_request", "invalid_image"}
+# Reply error codes that are the client's fault → HTTP errors.
+_CLIENT_ERRORS: dict[str, type[GatewayError]] = {
+    "bad_image": InvalidImageError,
+    "invalid_image": InvalidImageError,
+    "corrupt_image": InvalidImageError,
+    "unsupported_format": InvalidImageError,
+    "too_many_pixels": InvalidImageError,
+    "bad_request": BadRequestError,
+    "not_found": NotFoundError,
+}
+_WAIT_POLL_S = 0.1
+_Reply = TypeVar("_Reply", bound=BaseModel)
 
 
 def decode_base64(data: str) -> bytes:
@@ -57,18 +83,53 @@ def decode_base64(data: str) -> bytes:
         raise BadRequestError("image_data is not valid base64", code="invalid_base64") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Where a write landed on the images topic."""
+
+    image_id: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What a search looks for: image bytes, a text, or an indexed image's id."""
+
+    image: bytes | None = None
+    text: str | None = None
+    like_image_id: str | None = None
+
+    @property
+    def cache_subject(self) -> bytes | None:
+        """Bytes that identify the embedding of this query (None for search by id)."""
+        if self.image is not None:
+            return b"image:" + self.image
+        if self.text is not None:
+            return b"text:" + self.text.encode()
+        return None
+
+
 class Pipeline:
     def __init__(
-        self, settings: GatewaySettings, producer: AIOKafkaProducer, requester: Requester
+        self,
+        settings: GatewaySettings,
+        producer: AIOKafkaProducer,
+        requester: Requester,
+        cache: SearchCache,
     ) -> None:
         self.settings = settings
         self.topics = settings.kafka.topics
+        self.cache = cache
         self._producer = producer
         self._requester = requester
+        self._status: tuple[float, IndexerStatus] | None = None
 
     @property
     def searches_in_flight(self) -> int:
         return self._requester.pending
+
+    # -- writes ---------------------------------------------------------------------------
 
     def validate_image(self, data: bytes) -> str:
         """Check the bytes and return their MIME type; raise a client error otherwise."""
@@ -90,51 +151,123 @@ class Pipeline:
             )
         return encoded
 
-    async def submit_image(self, image_id: str, data: bytes, metadata: Metadata) -> None:
-        """Produce the image event and wait until the broker has it (durable)."""
+    async def submit_image(self, image_id: str, data: bytes, metadata: Metadata) -> Written:
+        """Produce the image event and return once the broker has it (durable)."""
         content_type = self.validate_image(data)
         headers = produced_headers()
         headers += [
             (Header.METADATA, self.validate_metadata(metadata)),
             (Header.CONTENT_TYPE, content_type.encode()),
         ]
+        return await self._produce(image_id, data, headers)
+
+    async def delete_image(self, image_id: str) -> Written:
+        """Produce a tombstone: the delete flows through the pipeline like any write."""
+        return await self._produce(image_id, None, produced_headers())
+
+    async def _produce(
+        self, image_id: str, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Written:
         try:
-            await self._producer.send_and_wait(
-                self.topics.images, data, key=image_id.encode(), headers=headers
+            meta = await self._producer.send_and_wait(
+                self.topics.images, value, key=image_id.encode(), headers=headers
             )
         except KafkaError as exc:
-            log.error("producing image %r failed: %s", image_id, exc)
+            log.error("producing to %s failed for %r: %s", self.topics.images, image_id, exc)
             raise UpstreamError("the event log is unavailable; retry later") from exc
+        return Written(image_id, meta.partition, meta.offset)
 
-    async def search_image(
-        self, data: bytes, *, top_k: int, threshold: float | None, include_metadata: bool
-    ) -> list[SearchHit]:
-        self.validate_image(data)
-        timeout = self.settings.search_timeout_s
-        request = SearchRequested(
-            image=base64.b64encode(data).decode("ascii"),
-            top_k=top_k,
-            threshold=threshold,
-            include_metadata=include_metadata,
-            deadline_ms=now_ms() + int(timeout * 1000),
+    async def wait_visible(self, written: Written, *, deleted: bool) -> None:
+        """Return once the write is searchable (or gone); 504 after the bound."""
+        bound = self.settings.wait_timeout_s
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            remaining = deadline - time.monotonic()
+            try:
+                record = await self.lookup(written.image_id, timeout_s=min(3.0, remaining))
+            except UpstreamTimeoutError:
+                continue
+            if deleted and not record.found:
+                return
+            if (
+                not deleted
+                and record.found
+                and record.source_partition == written.partition
+                and (record.source_offset or -1) >= written.offset
+            ):
+                return
+            await asyncio.sleep(_WAIT_POLL_S)
+        what = "deleted" if deleted else "searchable"
+        raise UpstreamTimeoutError(
+            f"the write is accepted and durable, but was not {what} within {bound:.0f} s; "
+            "it will still be applied"
         )
-        reply = await self._ask(self.topics.queries, request.model_dump_json().encode(), timeout)
-        answer = SearchReplied.model_validate_json(reply)
-        if answer.error is not None:
-            code = answer.error_code or "search_failed"
-            if code in _CLIENT_ERRORS:
-                raise InvalidImageError(answer.error, code=code)
-            raise UpstreamError(answer.error, code=code)
-        return answer.hits
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def lookup(self, image_id: str, *, timeout_s: float | None = None) -> ImageRecord:
+        timeout = timeout_s or self.settings.status_timeout_s
+        request = LookupRequested(image_id=image_id, deadline_ms=now_ms() + int(timeout * 1000))
+        record = await self._ask(self.topics.lookups, request, timeout, ImageRecord)
+        if record.error is not None:
+            raise UpstreamError(record.error)
+        return record
 
     async def status(self) -> IndexerStatus:
         timeout = self.settings.status_timeout_s
         request = StatusRequested(deadline_ms=now_ms() + int(timeout * 1000))
-        reply = await self._ask(self.topics.status, request.model_dump_json().encode(), timeout)
-        try:
-            return IndexerStatus.model_validate_json(reply)
-        except ValidationError as exc:
-            raise UpstreamError("the indexer sent a malformed status") from exc
+        status = await self._ask(self.topics.status, request, timeout, IndexerStatus)
+        self._status = (time.monotonic(), status)
+        return status
+
+    async def model_id(self) -> str | None:
+        """The indexer's model id, refreshed at most every 30 s (keys the embedding cache)."""
+        if self._status is None or time.monotonic() - self._status[0] > 30:
+            try:
+                await self.status()
+            except GatewayError:
+                return None
+        return self._status[1].model_id if self._status else None
+
+    async def search(self, query: Query, options: SearchOptions) -> tuple[list[SearchHit], bool]:
+        """Hits best first, and whether they came from the result cache."""
+        if query.image is not None:
+            self.validate_image(query.image)
+        model_id = await self.model_id()
+        params = options.model_dump()
+        cached = await self.cache.get_result(query.cache_subject, query.like_image_id, params)
+        if cached.hits is not None:
+            return cached.hits, True
+        timeout = self.settings.search_timeout_s
+        deadline = now_ms() + int(timeout * 1000)
+        vector = await self.cache.get_embedding(query.cache_subject, model_id)
+        request: BaseModel
+        if query.like_image_id is not None or vector is not None:
+            request = VectorSearchRequested(
+                vector=vector, like_image_id=query.like_image_id, model_id=model_id,
+                deadline_ms=deadline, **params,
+            )  # fmt: skip
+            topic = self.topics.searches
+        else:
+            request = SearchRequested(
+                image=base64.b64encode(query.image).decode("ascii") if query.image else None,
+                text=query.text,
+                deadline_ms=deadline,
+                **params,
+            )
+            topic = self.topics.queries
+        answer = await self._ask(topic, request, timeout, SearchReplied)
+        if answer.error is not None:
+            code = answer.error_code or "search_failed"
+            raise _CLIENT_ERRORS.get(code, UpstreamError)(answer.error, code=code)
+        if vector is None and answer.query_vector and answer.model_id:
+            await self.cache.put_embedding(
+                query.cache_subject, answer.model_id, answer.query_vector
+            )
+        await self.cache.put_result(
+            query.cache_subject, query.like_image_id, params, answer.hits, cached.generation
+        )
+        return answer.hits, False
 
     async def kafka_ok(self) -> bool:
         try:
@@ -143,12 +276,20 @@ class Pipeline:
             return False
         return True
 
-    async def _ask(self, topic: str, value: bytes, timeout_s: float) -> bytes:
+    async def _ask(
+        self, topic: str, request: BaseModel, timeout_s: float, reply_type: type[_Reply]
+    ) -> _Reply:
         try:
-            return await self._requester.request(topic, value, timeout_s=timeout_s)
+            raw = await self._requester.request(
+                topic, request.model_dump_json().encode(), timeout_s=timeout_s
+            )
         except RequestTimeoutError as exc:
             raise UpstreamTimeoutError(
                 f"no answer from the pipeline within {timeout_s:.1f} s; retry later"
             ) from exc
         except KafkaError as exc:
             raise UpstreamError("the event log is unavailable; retry later") from exc
+        try:
+            return reply_type.model_validate_json(raw)
+        except ValidationError as exc:
+            raise UpstreamError(f"a malformed answer came from {topic}") from exc

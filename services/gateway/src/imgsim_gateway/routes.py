@@ -1,4 +1,4 @@
-"""The REST API under ``/api/v1`` (the seed's endpoints and shapes)."""
+"""The REST API under ``/api/v1``: the seed's endpoints plus the image lifecycle."""
 
 from __future__ import annotations
 
@@ -7,37 +7,64 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
+from fastapi import status as http
+from pydantic import JsonValue, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imgsim_gateway.errors import GatewayError
+from imgsim_core.contracts import SearchHit
+from imgsim_gateway.errors import BadRequestError, GatewayError, NotFoundError
+from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.pipeline import Pipeline, decode_base64
+from imgsim_gateway.pipeline import Query as SearchQuery
 from imgsim_gateway.schemas import (
+    IMAGE_ID_PATTERN,
+    BatchIndexRequest,
+    BatchIndexResponse,
+    BatchItemResult,
+    DeleteAccepted,
     ErrorBody,
+    ErrorDetail,
     Health,
+    ImageInfo,
     IndexAccepted,
     IndexRequest,
     Readiness,
+    SearchOptions,
     SearchRequest,
     SearchResponse,
     SearchResult,
+    SimilarSearchRequest,
     Stats,
+    TextSearchRequest,
+    TopicLag,
 )
+from imgsim_gateway.security import enforce_rate_limit, require_api_key
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1")
+_METADATA = TypeAdapter(dict[str, JsonValue])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        400: "Bad input: invalid base64, metadata too large, ...",
+
+def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
+    text = {
+        400: "Bad input: invalid base64, metadata over its limit, bad multipart fields.",
+        401: "No valid API key (X-API-Key or Authorization: Bearer).",
+        404: "No such image.",
         413: "The body or the image is over its size limit.",
-        422: "The image is corrupt or of a format not allowed, or a field is invalid.",
+        422: "A corrupt image, a format not allowed, too many pixels, or an invalid field.",
+        429: "Over the rate limit; see Retry-After.",
         503: "Kafka or a service behind the gateway is unavailable.",
-        504: "No answer before the deadline.",
-    }.items()
-}
+        504: "No answer before the deadline (a write still happens).",
+    }
+    return {c: {"model": ErrorBody, "description": text[c]} for c in (401, 429, *codes)}
+
+
+# Health stays open; everything else needs a key (when keys are set) and is rate-limited.
+open_router = APIRouter(prefix="/api/v1", tags=["health"])
+router = APIRouter(
+    prefix="/api/v1", dependencies=[Depends(require_api_key), Depends(enforce_rate_limit)]
+)
 
 
 def pipeline(request: Request) -> Pipeline:
@@ -45,58 +72,184 @@ def pipeline(request: Request) -> Pipeline:
     return result
 
 
-def redis(request: Request) -> Redis:
-    result: Redis = request.app.state.redis
-    return result
-
-
 PipelineDep = Annotated[Pipeline, Depends(pipeline)]
-RedisDep = Annotated[Redis, Depends(redis)]
+Wait = Annotated[
+    bool, Query(description="Answer only once the change is searchable (or gone); 504 after "
+                "a bound, and the write still happens.")
+]  # fmt: skip
+ImageIdPath = Annotated[
+    str, Path(min_length=1, max_length=256, pattern=IMAGE_ID_PATTERN, examples=["cats/1.jpg"])
+]
+
+
+async def _index(pipe: Pipeline, image_id: str, data: bytes, metadata: dict[str, JsonValue],
+                 wait: bool) -> IndexAccepted:  # fmt: skip
+    written = await pipe.submit_image(image_id, data, metadata)
+    if wait:
+        await pipe.wait_visible(written, deleted=False)
+    return IndexAccepted(image_id=image_id, status="indexed" if wait else "accepted")
 
 
 @router.post(
-    "/index",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=IndexAccepted,
-    responses=_ERRORS,
-    summary="Index an image (base64 JSON)",
-)
-async def index_image(body: IndexRequest, pipe: PipelineDep) -> IndexAccepted:
-    """Queue the image for embedding and indexing; it is durable in Kafka when this answers."""
-    await pipe.submit_image(body.image_id, decode_base64(body.image_data), body.metadata)
-    return IndexAccepted(image_id=body.image_id)
+    "/index", status_code=http.HTTP_202_ACCEPTED, response_model=IndexAccepted,
+    responses=_errors(400, 413, 422, 503, 504), summary="Index an image (base64 JSON)",
+)  # fmt: skip
+async def index_image(body: IndexRequest, pipe: PipelineDep, wait: Wait = False) -> IndexAccepted:
+    """Queue the image; it is durable in Kafka when this answers. The same id replaces it."""
+    return await _index(pipe, body.image_id, decode_base64(body.image_data), body.metadata, wait)
 
 
-@router.post("/search", response_model=SearchResponse, responses=_ERRORS, summary="Search by image")
+@router.post(
+    "/images", status_code=http.HTTP_202_ACCEPTED, response_model=IndexAccepted,
+    responses=_errors(400, 413, 422, 503, 504), summary="Index an image (multipart upload)",
+)  # fmt: skip
+async def upload_image(
+    pipe: PipelineDep,
+    file: Annotated[UploadFile, File(description="The image file.")],
+    image_id: Annotated[str, Form(min_length=1, max_length=256, pattern=IMAGE_ID_PATTERN)],
+    metadata: Annotated[str, Form(description="A JSON object, as text.")] = "{}",
+    wait: Wait = False,
+) -> IndexAccepted:
+    try:
+        parsed = _METADATA.validate_json(metadata)
+    except ValidationError as exc:
+        raise BadRequestError("metadata must be a JSON object", code="invalid_metadata") from exc
+    data = await file.read(pipe.settings.limits.max_bytes + 1)
+    return await _index(pipe, image_id, data, parsed, wait)
+
+
+@router.post(
+    "/index/batch", status_code=http.HTTP_202_ACCEPTED, response_model=BatchIndexResponse,
+    responses=_errors(413, 422, 503), summary="Index many images; a result per item",
+)  # fmt: skip
+async def index_batch(
+    body: BatchIndexRequest, pipe: PipelineDep, wait: Wait = False
+) -> BatchIndexResponse:
+    """Each item is validated and produced on its own: one bad item does not fail the others."""
+
+    async def one(item: IndexRequest) -> BatchItemResult:
+        try:
+            done = await _index(
+                pipe, item.image_id, decode_base64(item.image_data), item.metadata, wait
+            )
+        except GatewayError as exc:
+            return BatchItemResult(
+                image_id=item.image_id, status="rejected",
+                error=ErrorDetail(code=exc.code, message=exc.message),
+            )  # fmt: skip
+        return BatchItemResult(image_id=item.image_id, status=done.status)
+
+    results = await asyncio.gather(*(one(item) for item in body.items))
+    rejected = sum(r.status == "rejected" for r in results)
+    return BatchIndexResponse(accepted=len(results) - rejected, rejected=rejected, results=results)
+
+
+@router.get(
+    "/images/{image_id:path}", response_model=ImageInfo, responses=_errors(404, 503, 504),
+    summary="Whether an image is indexed, with its metadata",
+)  # fmt: skip
+async def get_image(image_id: ImageIdPath, pipe: PipelineDep) -> ImageInfo:
+    record = await pipe.lookup(image_id)
+    if not record.found:
+        raise NotFoundError(f"image {image_id!r} is not indexed")
+    return ImageInfo(
+        image_id=image_id, indexed=True, model_id=record.model_id,
+        metadata=record.metadata or {}, indexed_at=record.indexed_at,
+    )  # fmt: skip
+
+
+@router.delete(
+    "/images/{image_id:path}", status_code=http.HTTP_202_ACCEPTED, response_model=DeleteAccepted,
+    responses=_errors(503, 504), summary="Delete an image (a tombstone through the pipeline)",
+)  # fmt: skip
+async def delete_image(
+    image_id: ImageIdPath, pipe: PipelineDep, wait: Wait = False
+) -> DeleteAccepted:
+    written = await pipe.delete_image(image_id)
+    if wait:
+        await pipe.wait_visible(written, deleted=True)
+    return DeleteAccepted(image_id=image_id, status="deleted" if wait else "accepted")
+
+
+async def _search(pipe: Pipeline, query: SearchQuery, options: SearchOptions) -> SearchResponse:
+    started = time.perf_counter()
+    hits, cached = await pipe.search(query, options)
+    return SearchResponse(
+        results=[_result(h) for h in hits],
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+        cached=cached,
+    )
+
+
+def _result(hit: SearchHit) -> SearchResult:
+    return SearchResult(image_id=hit.image_id, score=hit.score, metadata=hit.metadata)
+
+
+def _options(body: SearchOptions) -> SearchOptions:
+    return SearchOptions.model_validate(body.model_dump(include=set(SearchOptions.model_fields)))
+
+
+@router.post(
+    "/search", response_model=SearchResponse, responses=_errors(400, 413, 422, 503, 504),
+    summary="Search by image",
+)  # fmt: skip
 async def search(body: SearchRequest, pipe: PipelineDep) -> SearchResponse:
     """The indexed images most similar to the query image, best first."""
-    started = time.perf_counter()
-    hits = await pipe.search_image(
-        decode_base64(body.image_data),
-        top_k=body.top_k,
-        threshold=body.threshold,
-        include_metadata=body.include_metadata,
+    query = SearchQuery(image=decode_base64(body.image_data))
+    return await _search(pipe, query, _options(body))
+
+
+@router.post(
+    "/search/text", response_model=SearchResponse, responses=_errors(422, 503, 504),
+    summary="Search by text (CLIP's text tower)",
+)  # fmt: skip
+async def search_text(body: TextSearchRequest, pipe: PipelineDep) -> SearchResponse:
+    return await _search(pipe, SearchQuery(text=body.query), _options(body))
+
+
+@router.post(
+    "/search/similar", response_model=SearchResponse, responses=_errors(404, 422, 503, 504),
+    summary="More like this: search by an indexed image's id",
+)  # fmt: skip
+async def search_similar(body: SimilarSearchRequest, pipe: PipelineDep) -> SearchResponse:
+    return await _search(pipe, SearchQuery(like_image_id=body.image_id), _options(body))
+
+
+@router.get("/stats", response_model=Stats, responses=_errors(503, 504), summary="Statistics")
+async def stats(request: Request, pipe: PipelineDep) -> Stats:
+    indexer = await pipe.status()
+    kafka: KafkaStats = request.app.state.kafka_stats
+    lag, dead_letters, (rate_in, rate_out) = await asyncio.gather(
+        kafka.lag(), kafka.dead_letters(), kafka.rates()
     )
-    return SearchResponse(
-        results=[
-            SearchResult(image_id=h.image_id, score=h.score, metadata=h.metadata) for h in hits
-        ],
-        took_ms=round((time.perf_counter() - started) * 1000, 2),
+    return Stats(
+        indexed_images=indexer.indexed,
+        collection=indexer.collection,
+        store=indexer.store,
+        model_id=indexer.model_id,
+        consumer_lag={t: TopicLag(group=g, lag=n) for t, (g, n) in lag.items()},
+        images_in_per_s=round(rate_in, 2),
+        images_out_per_s=round(rate_out, 2),
+        dead_letters=dead_letters,
+        searches_in_flight=pipe.searches_in_flight,
+        uptime_s=round(time.monotonic() - request.app.state.started, 1),
+        cache={name: {"hits": c.hits, "misses": c.misses} for name, c in pipe.cache.counts.items()},
     )
 
 
-@router.get("/health", response_model=Health, summary="Liveness")
+@open_router.get("/health", response_model=Health, summary="Liveness")
 async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get(
-    "/ready",
-    response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "A dependency is down."}},
-    summary="Readiness: Kafka, Redis and the vector store",
-)
-async def ready(pipe: PipelineDep, cache: RedisDep, response: Response) -> Readiness:
+@open_router.get(
+    "/ready", response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Kafka or the vector store is down."}},
+    summary="Readiness: Kafka and the vector store; Redis down is 'degraded'",
+)  # fmt: skip
+async def ready(request: Request, pipe: PipelineDep, response: Response) -> Readiness:
+    cache: Redis = request.app.state.redis
+
     async def redis_ok() -> bool:
         try:
             return bool(await cache.ping())
@@ -115,18 +268,7 @@ async def ready(pipe: PipelineDep, cache: RedisDep, response: Response) -> Readi
         "redis": "up" if redis_up else "down",
         "vector_store": "up" if store else "down",
     }
-    ok = kafka and redis_up and store
-    if not ok:
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Readiness(status="ready" if ok else "not_ready", checks=checks)
-
-
-@router.get("/stats", response_model=Stats, responses=_ERRORS, summary="Index statistics")
-async def stats(pipe: PipelineDep) -> Stats:
-    indexer = await pipe.status()
-    return Stats(
-        indexed_images=indexer.indexed,
-        collection=indexer.collection,
-        store=indexer.store,
-        searches_in_flight=pipe.searches_in_flight,
-    )
+    if not (kafka and store):
+        response.status_code = http.HTTP_503_SERVICE_UNAVAILABLE
+        return Readiness(status="not_ready", checks=checks)
+    return Readiness(status="ready" if redis_up else "degraded", checks=checks)

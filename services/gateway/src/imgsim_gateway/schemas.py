@@ -1,42 +1,114 @@
-"""Request and response bodies of the REST API (the seed's shapes, kept for its users)."""
+"""Request and response bodies of the REST API.
+
+The seed's endpoints keep their shapes (``image_data``, ``image_id``, ``metadata``,
+``top_k``, ``threshold``, ``include_metadata``) so its clients keep working; the rest
+follows the same conventions.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Annotated, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH, Metadata, Threshold, TopK
+from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH, Filter, Metadata, Threshold, TopK
 
-ImageId = Field(
-    min_length=1,
-    max_length=MAX_IMAGE_ID_LENGTH,
-    pattern=r"^[^\x00-\x1f\x7f]+$",
-    description="Your id for the image: 1–256 printable characters.",
-    examples=["products/sku-1234.jpg"],
+IMAGE_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+ImageId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_IMAGE_ID_LENGTH,
+        pattern=IMAGE_ID_PATTERN,
+        description="Your id for the image: 1–256 characters, no control characters.",
+        examples=["products/sku-1234.jpg"],
+    ),
+]
+MAX_BATCH_ITEMS = 100
+_B64_EXAMPLE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 )
 
 
-class IndexRequest(BaseModel):
+class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class IndexRequest(_Body):
     image_data: str = Field(
-        description="The image bytes, base64-encoded (JPEG, PNG, WebP, GIF, BMP)."
+        description="The image bytes, base64-encoded (JPEG, PNG, WebP, GIF, BMP).",
+        examples=[_B64_EXAMPLE],
     )
-    image_id: str = ImageId
-    metadata: Metadata = Field(default_factory=dict, examples=[{"tags": ["nature"]}])
+    image_id: ImageId
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description="A JSON object stored with the image and returned with results.",
+        examples=[{"tags": ["nature", "landscape"], "source": "user_upload"}],
+    )
 
 
 class IndexAccepted(BaseModel):
     image_id: str
-    status: str = Field(default="accepted", description="Queued; searchable within seconds.")
+    status: Literal["accepted", "indexed"] = Field(
+        description="accepted: durable in Kafka, searchable shortly; indexed: searchable now "
+        "(with wait=true)."
+    )
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BatchIndexRequest(_Body):
+    items: list[IndexRequest] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
-    image_data: str = Field(description="The query image, base64-encoded.")
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["corrupt_image"])
+    message: str = Field(examples=["the PNG data cannot be decoded: image file is truncated"])
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class BatchItemResult(BaseModel):
+    image_id: str
+    status: Literal["accepted", "indexed", "rejected"]
+    error: ErrorDetail | None = None
+
+
+class BatchIndexResponse(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[BatchItemResult] = Field(description="One per item, in request order.")
+
+
+class DeleteAccepted(BaseModel):
+    image_id: str
+    status: Literal["accepted", "deleted"]
+
+
+class SearchOptions(_Body):
     top_k: TopK = 10
     threshold: Threshold | None = Field(default=None, examples=[0.7])
     include_metadata: bool = True
+    filter: Filter = Field(
+        default=None,
+        description="Metadata conditions that must all hold. A value matches exactly (on a "
+        "list field, any item); a list matches any of its values; {gte, lte, gt, lt} is a "
+        "numeric range.",
+        examples=[{"tags": "nature", "source": ["user_upload", "crawler"], "year": {"gte": 2020}}],
+    )
+
+
+class SearchRequest(SearchOptions):
+    image_data: str = Field(description="The query image, base64-encoded.", examples=[_B64_EXAMPLE])
+
+
+class TextSearchRequest(SearchOptions):
+    query: str = Field(min_length=1, max_length=1000, examples=["a red bicycle"])
+
+
+class SimilarSearchRequest(SearchOptions):
+    image_id: ImageId = Field(description="An indexed image; it is left out of its results.")
 
 
 class SearchResult(BaseModel):
@@ -48,6 +120,15 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     results: list[SearchResult]
     took_ms: float
+    cached: bool = Field(default=False, description="Served from the result cache.")
+
+
+class ImageInfo(BaseModel):
+    image_id: str
+    indexed: bool
+    model_id: str | None
+    metadata: Metadata
+    indexed_at: datetime | None
 
 
 class Health(BaseModel):
@@ -55,21 +136,26 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str = Field(description="ready, or not_ready when a dependency is down")
+    status: Literal["ready", "degraded", "not_ready"] = Field(
+        description="degraded: Redis is down (no cache); not_ready: Kafka or the store is down"
+    )
     checks: dict[str, str]
+
+
+class TopicLag(BaseModel):
+    group: str
+    lag: int = Field(description="Records the group has yet to process.")
 
 
 class Stats(BaseModel):
     indexed_images: int
     collection: str
     store: str
+    model_id: str | None
+    consumer_lag: dict[str, TopicLag] = Field(description="By topic.")
+    images_in_per_s: float = Field(description="Image events produced, recent rate.")
+    images_out_per_s: float = Field(description="Vectors produced, recent rate.")
+    dead_letters: int
     searches_in_flight: int
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
+    uptime_s: float
+    cache: dict[str, dict[str, int]] = Field(default_factory=dict)

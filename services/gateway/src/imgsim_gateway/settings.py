@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import re
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from imgsim_core.settings import ImageLimits, KafkaSettings, RedisSettings
+
+_WINDOWS = {"second": 1, "minute": 60, "hour": 3600}
 
 
 class GatewaySettings(BaseSettings):
@@ -18,11 +23,61 @@ class GatewaySettings(BaseSettings):
     limits: ImageLimits = ImageLimits()
     search_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one search.")
     status_timeout_s: float = Field(default=3.0, gt=0)
-    api_keys: SecretStr | None = Field(default=None, description="Comma-separated API keys.")
+    wait_timeout_s: float = Field(
+        default=30.0, gt=0, description="Bound of wait=true; then 504, the write goes on."
+    )
+    api_keys: SecretStr | None = Field(
+        default=None, description="Comma-separated API keys; none set = no authentication."
+    )
+    rate_limit: str | None = Field(
+        default=None, description="N/second, N/minute or N/hour per API key (else client IP)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated allowed origins; none by default."
+    )
+    result_cache_ttl_s: int = Field(default=300, ge=0, description="0 turns the cache off.")
+    embedding_cache_ttl_s: int = Field(default=86_400, ge=0, description="0 turns it off.")
+    embedder_group: str = Field(
+        default="imgsim-embedder", description="Consumer group whose lag on images /stats shows."
+    )
+    indexer_group: str = Field(
+        default="imgsim-indexer", description="Consumer group whose lag on vectors /stats shows."
+    )
     log_level: str = "INFO"
     json_logs: bool = True
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_format(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"\s*\d+\s*/\s*(second|minute|hour)\s*", value):
+            raise ValueError("GATEWAY_RATE_LIMIT must look like 100/minute (second|minute|hour)")
+        return value or None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def keys(self) -> list[str]:
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [key.strip() for key in raw.split(",") if key.strip()]
+
+    @property
+    def rate(self) -> tuple[int, int] | None:
+        """(requests, window seconds), or None when unlimited."""
+        if not self.rate_limit:
+            return None
+        count, window = (part.strip() for part in self.rate_limit.split("/"))
+        return int(count), _WINDOWS[window]
 
     @property
     def max_body_bytes(self) -> int:
         """Largest request body: a base64 image at the size limit plus JSON around it."""
         return self.limits.max_bytes * 4 // 3 + self.limits.max_metadata_bytes + 64 * 1024
+
+    @property
+    def max_batch_body_bytes(self) -> int:
+        return self.max_body_bytes * 8

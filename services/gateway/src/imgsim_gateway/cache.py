@@ -1,0 +1,145 @@
+"""Redis caches on the search path: query embeddings and search results.
+
+- **Embeddings** are keyed by a hash of the query (the image bytes, or the text) and the
+  model id, so a search whose embedding is cached skips the embedder and goes straight to
+  the indexer. A vector never changes for the same bytes and model, so the TTL is long.
+- **Results** are keyed by a hash of the query and every parameter (``top_k``,
+  ``threshold``, ``filter``, ``include_metadata``) plus the *generation*, a counter the
+  indexer increments after every write batch it has applied. A search reads the
+  generation first and stores its result under it; once a write lands the generation
+  moves on and older results are never read again (they expire with their TTL). So a
+  cached result is never served after a write it does not reflect.
+- **Redis down** means no cache: every call here turns a Redis error into a miss (logged
+  at most every 30 s) and never fails a search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from imgsim_core.contracts import SearchHit
+from imgsim_gateway.observability import CACHE_HITS, CACHE_MISSES
+
+log = logging.getLogger(__name__)
+_HITS = TypeAdapter(list[SearchHit])
+
+
+@dataclass
+class CacheCounts:
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass
+class ResultLookup:
+    hits: list[SearchHit] | None
+    generation: int | None  # None: Redis unavailable, do not store the result
+
+
+@dataclass
+class SearchCache:
+    redis: Redis
+    prefix: str
+    result_ttl_s: int
+    embedding_ttl_s: int
+    counts: dict[str, CacheCounts] = field(
+        default_factory=lambda: {"embedding": CacheCounts(), "result": CacheCounts()}
+    )
+    _last_warning: float = 0.0
+
+    @property
+    def generation_key(self) -> str:
+        return f"{self.prefix}generation"
+
+    def _count(self, cache: str, hit: bool) -> None:
+        if hit:
+            self.counts[cache].hits += 1
+            CACHE_HITS.labels(cache).inc()
+        else:
+            self.counts[cache].misses += 1
+            CACHE_MISSES.labels(cache).inc()
+
+    def _unavailable(self, exc: Exception) -> None:
+        if time.monotonic() - self._last_warning > 30:
+            self._last_warning = time.monotonic()
+            log.warning("Redis unavailable, searching without the cache: %s", exc)
+
+    @staticmethod
+    def _digest(*parts: bytes) -> str:
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.hexdigest()
+
+    def _result_key(
+        self, generation: int, subject: bytes | None, like_id: str | None, params: dict[str, Any]
+    ) -> str:
+        query = subject if subject is not None else b"like:" + (like_id or "").encode()
+        encoded = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+        return f"{self.prefix}result:{generation}:{self._digest(query, encoded)}"
+
+    async def get_result(
+        self, subject: bytes | None, like_id: str | None, params: dict[str, Any]
+    ) -> ResultLookup:
+        if self.result_ttl_s <= 0:
+            return ResultLookup(None, None)
+        try:
+            generation = int(await self.redis.get(self.generation_key) or 0)
+            raw = await self.redis.get(self._result_key(generation, subject, like_id, params))
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+            return ResultLookup(None, None)
+        self._count("result", raw is not None)
+        return ResultLookup(_HITS.validate_json(raw) if raw is not None else None, generation)
+
+    async def put_result(
+        self,
+        subject: bytes | None,
+        like_id: str | None,
+        params: dict[str, Any],
+        hits: list[SearchHit],
+        generation: int | None,
+    ) -> None:
+        if generation is None or self.result_ttl_s <= 0:
+            return
+        key = self._result_key(generation, subject, like_id, params)
+        try:
+            await self.redis.set(key, _HITS.dump_json(hits), ex=self.result_ttl_s)
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+
+    def _embedding_key(self, subject: bytes, model_id: str) -> str:
+        return f"{self.prefix}embedding:{self._digest(model_id.encode(), subject)}"
+
+    async def get_embedding(self, subject: bytes | None, model_id: str | None) -> str | None:
+        if subject is None or model_id is None or self.embedding_ttl_s <= 0:
+            return None
+        try:
+            raw = await self.redis.get(self._embedding_key(subject, model_id))
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+            return None
+        self._count("embedding", raw is not None)
+        if raw is None:
+            return None
+        return raw.decode("ascii") if isinstance(raw, bytes) else str(raw)
+
+    async def put_embedding(self, subject: bytes | None, model_id: str, vector: str) -> None:
+        if subject is None or self.embedding_ttl_s <= 0:
+            return
+        try:
+            await self.redis.set(
+                self._embedding_key(subject, model_id), vector, ex=self.embedding_ttl_s
+            )
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)

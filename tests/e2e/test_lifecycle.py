@@ -1,0 +1,296 @@
+"""The whole API and every image's lifecycle on the three services, real broker and Redis.
+
+One stack per module (the services take ~20 s to start); each test uses its own image ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import httpx
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from imgsim_core.contracts import ImageEmbedded, pack_vector
+from imgsim_devstack.processes import ServiceProcess, free_port
+from imgsim_devstack.stack import StackConfig, start_services
+from imgsim_embedder.testimages import distinct_image
+from tests.conftest import Services
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+
+class Stack:
+    def __init__(self, url: str, prefix: str, bootstrap: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.bootstrap = bootstrap
+
+
+@pytest.fixture(scope="module")
+def stack(infra: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prefix = f"l{uuid.uuid4().hex[:8]}."
+    config = StackConfig(
+        data_dir=tmp_path_factory.mktemp("lifecycle"),
+        gateway_port=free_port(),
+        topic_prefix=prefix,
+        partitions=3,
+        extra_env={"INDEXER_PAYLOAD_INDEXES": '{"tags": "keyword", "year": "integer"}'},
+    )
+    services: list[ServiceProcess] = start_services(config, infra.bootstrap, infra.redis_url)
+    try:
+        yield Stack(f"http://127.0.0.1:{config.gateway_port}", prefix, infra.bootstrap)
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as c:
+        yield c
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image(n: int) -> bytes:
+    return distinct_image(n)[0]
+
+
+def uid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+async def index(
+    client: httpx.AsyncClient, image_id: str, n: int, metadata: dict[str, object]
+) -> None:
+    response = await client.post(
+        "/api/v1/index?wait=true",
+        json={"image_data": b64(image(n)), "image_id": image_id, "metadata": metadata},
+    )
+    assert response.status_code == 202, response.text
+    assert response.json() == {"image_id": image_id, "status": "indexed"}
+
+
+async def test_index_get_replace_delete(client: httpx.AsyncClient) -> None:
+    image_id = uid("life/cycle.png")
+    await index(client, image_id, 1, {"v": 1})
+    got = await client.get(f"/api/v1/images/{image_id}")
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["indexed"] is True
+    assert body["metadata"] == {"v": 1}
+    assert body["model_id"] == "ViT-B-32/random-seed0"
+    assert datetime.fromisoformat(body["indexed_at"]) <= datetime.now(UTC)
+    count = (await client.get("/api/v1/stats")).json()["indexed_images"]
+
+    await index(client, image_id, 2, {"v": 2})  # same id: replaces
+    assert (await client.get(f"/api/v1/images/{image_id}")).json()["metadata"] == {"v": 2}
+    assert (await client.get("/api/v1/stats")).json()["indexed_images"] == count
+    found = await client.post("/api/v1/search", json={"image_data": b64(image(2)), "top_k": 1})
+    assert found.json()["results"][0]["image_id"] == image_id
+
+    deleted = await client.delete(f"/api/v1/images/{image_id}?wait=true")
+    assert deleted.status_code == 202
+    assert deleted.json() == {"image_id": image_id, "status": "deleted"}
+    missing = await client.get(f"/api/v1/images/{image_id}")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert (await client.get("/api/v1/stats")).json()["indexed_images"] == count - 1
+    after = await client.post("/api/v1/search", json={"image_data": b64(image(2)), "top_k": 100})
+    assert image_id not in [r["image_id"] for r in after.json()["results"]]
+
+
+async def test_multipart_upload(client: httpx.AsyncClient) -> None:
+    image_id = uid("upload")
+    response = await client.post(
+        "/api/v1/images?wait=true",
+        files={"file": ("x.png", image(3), "image/png")},
+        data={"image_id": image_id, "metadata": json.dumps({"source": "upload"})},
+    )
+    assert response.status_code == 202, response.text
+    assert (await client.get(f"/api/v1/images/{image_id}")).json()["metadata"] == {
+        "source": "upload"
+    }
+    bad = await client.post(
+        "/api/v1/images",
+        files={"file": ("x.png", image(3), "image/png")},
+        data={"image_id": image_id, "metadata": "[1, 2]"},
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_metadata"
+
+
+async def test_batch_one_bad_item_does_not_fail_the_others(client: httpx.AsyncClient) -> None:
+    ids = [uid("batch") for _ in range(3)]
+    items = [
+        {"image_data": b64(image(4)), "image_id": ids[0]},
+        {"image_data": b64(b"not an image at all"), "image_id": ids[1]},
+        {"image_data": b64(image(5)), "image_id": ids[2], "metadata": {"k": "v"}},
+    ]
+    response = await client.post("/api/v1/index/batch?wait=true", json={"items": items})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (2, 1)
+    assert [r["status"] for r in body["results"]] == ["indexed", "rejected", "indexed"]
+    assert body["results"][1]["error"]["code"] == "unsupported_format"
+    assert (await client.get(f"/api/v1/images/{ids[2]}")).status_code == 200
+    assert (await client.get(f"/api/v1/images/{ids[1]}")).status_code == 404
+
+
+async def test_filters_text_and_more_like_this(client: httpx.AsyncClient) -> None:
+    tag = uid("tag")
+    ids = [uid("f") for _ in range(4)]
+    metas: list[dict[str, object]] = [
+        {"tags": [tag, "cat"], "year": 2019},
+        {"tags": [tag, "dog"], "year": 2021},
+        {"tags": [tag, "cat"], "year": 2023, "fresh": True},
+        {"tags": ["other"], "year": 2023},
+    ]
+    for n, (image_id, meta) in enumerate(zip(ids, metas, strict=True)):
+        await index(client, image_id, 10 + n, meta)
+
+    async def found(path: str, body: dict[str, object]) -> list[str]:
+        response = await client.post(path, json={"top_k": 100, **body})
+        assert response.status_code == 200, response.text
+        return [r["image_id"] for r in response.json()["results"]]
+
+    query = {"image_data": b64(image(10))}
+    assert set(await found("/api/v1/search", {**query, "filter": {"tags": tag}})) == set(ids[:3])
+    cats = await found("/api/v1/search", {**query, "filter": {"tags": tag, "year": {"gte": 2020}}})
+    assert set(cats) == {ids[1], ids[2]}
+    either = await found("/api/v1/search", {**query, "filter": {"tags": ["dog", "other"]}})
+    assert set(either) >= {ids[1], ids[3]}
+    assert ids[0] not in either
+    assert await found("/api/v1/search", {**query, "filter": {"fresh": True, "tags": tag}}) == [
+        ids[2]
+    ]
+
+    text = await client.post(
+        "/api/v1/search/text", json={"query": "a cat", "top_k": 5, "filter": {"tags": tag}}
+    )
+    assert text.status_code == 200, text.text
+    assert set(r["image_id"] for r in text.json()["results"]) <= set(ids[:3])
+    assert len(text.json()["results"]) == 3
+
+    similar = await found("/api/v1/search/similar", {"image_id": ids[0], "filter": {"tags": tag}})
+    assert ids[0] not in similar
+    assert set(similar) == {ids[1], ids[2]}
+    unknown = await client.post("/api/v1/search/similar", json={"image_id": uid("nope")})
+    assert unknown.status_code == 404
+
+
+async def test_result_cache_never_serves_a_stale_result(client: httpx.AsyncClient) -> None:
+    tag = uid("cache")
+    await index(client, uid("c"), 20, {"tags": tag})
+    query = {"image_data": b64(image(20)), "top_k": 10, "filter": {"tags": tag}}
+    first = (await client.post("/api/v1/search", json=query)).json()
+    second = (await client.post("/api/v1/search", json=query)).json()
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["results"] == first["results"]
+    await index(client, uid("c"), 21, {"tags": tag})  # a write bumps the generation
+    third = (await client.post("/api/v1/search", json=query)).json()
+    assert third["cached"] is False
+    assert len(third["results"]) == 2
+    stats = (await client.get("/api/v1/stats")).json()
+    assert stats["cache"]["result"]["hits"] >= 1
+    assert stats["cache"]["embedding"]["hits"] >= 1  # the third search reused the embedding
+
+
+async def test_stats_report_the_pipeline(client: httpx.AsyncClient, stack: Stack) -> None:
+    stats = (await client.get("/api/v1/stats")).json()
+    assert stats["model_id"] == "ViT-B-32/random-seed0"
+    assert stats["store"] == "qdrant-edge"
+    assert set(stats["consumer_lag"]) == {f"{stack.prefix}images", f"{stack.prefix}vectors"}
+    assert all(v["lag"] >= 0 for v in stats["consumer_lag"].values())
+    assert stats["uptime_s"] > 0
+    assert stats["images_in_per_s"] >= 0
+
+
+async def _dead_letters(stack: Stack, count: int, timeout_s: float = 60) -> list[dict[str, object]]:
+    consumer = AIOKafkaConsumer(
+        f"{stack.prefix}deadletter", bootstrap_servers=stack.bootstrap,
+        auto_offset_reset="earliest", group_id=None,
+    )  # fmt: skip
+    await consumer.start()
+    letters: list[dict[str, object]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(letters) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    headers = {k: v.decode() for k, v in r.headers}
+                    letters.append({"key": r.key, "value": r.value, **headers})
+    finally:
+        await consumer.stop()
+    return letters
+
+
+async def test_bad_upstream_events_go_to_dead_letters_and_the_rest_flows(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+    await producer.start()
+    good = uid("after-bad")
+    vector = np.ones(512, dtype=np.float32) / np.sqrt(512)
+
+    def embedded(image_id: str, dim: int, model: str) -> bytes:
+        event = ImageEmbedded(
+            image_id=image_id, model_id=model, dim=dim, vector=pack_vector(vector[:dim]),
+            embedded_at=datetime.now(UTC),
+        )  # fmt: skip
+        return event.model_dump_json().encode()
+
+    try:
+        images, vectors = f"{stack.prefix}images", f"{stack.prefix}vectors"
+        await producer.send_and_wait(images, b"\x00garbage", key=b"bad-bytes")
+        await producer.send_and_wait(
+            images, image(30), key=b"bad-meta", headers=[("metadata", b"[not an object")]
+        )
+        await producer.send_and_wait(images, image(31), key=None)
+        await producer.send_and_wait(
+            vectors, embedded("bad-dim", 7, "ViT-B-32/random-seed0"), key=b"bad-dim"
+        )
+        await producer.send_and_wait(
+            vectors, embedded("bad-model", 512, "RN50/x"), key=b"bad-model"
+        )
+        await producer.send_and_wait(
+            images, image(32), key=good.encode(), headers=[("metadata", b'{"ok": true}')]
+        )
+    finally:
+        await producer.stop()
+
+    letters = await _dead_letters(stack, 5)
+    by_key = {letter["key"]: letter for letter in letters}
+    assert str(by_key[b"bad-bytes"]["reason"]).startswith("unsupported_format")
+    assert by_key[b"bad-bytes"]["value"] == b"\x00garbage"
+    assert by_key[b"bad-bytes"]["source-topic"] == images
+    assert "source-offset" in by_key[b"bad-bytes"]
+    assert str(by_key[b"bad-meta"]["reason"]).startswith("bad_metadata")
+    assert by_key[b"bad-meta"]["original-metadata"] == "[not an object"
+    assert str(by_key[None]["reason"]).startswith("empty_key")
+    assert str(by_key[b"bad-dim"]["reason"]).startswith("wrong_dim")
+    assert str(by_key[b"bad-model"]["reason"]).startswith("unknown_model")
+
+    deadline = time.monotonic() + 60
+    while (await client.get(f"/api/v1/images/{good}")).status_code != 200:
+        assert time.monotonic() < deadline, "the consumer stopped after bad records"
+        await asyncio.sleep(0.3)
+    assert (await client.get("/api/v1/stats")).json()["dead_letters"] >= 5
+
+
+async def test_wait_and_errors_on_a_path_the_pipeline_cannot_serve(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/api/v1/search", json={"image_data": b64(image(1)), "top_k": 101})
+    assert response.status_code == 422
+    assert (await client.get("/api/v1/images/" + uid("never"))).status_code == 404
