@@ -3,7 +3,8 @@
 An image becomes a 1-element tensor holding its top-left red value; a row's vector is
 ``[value, 0, 0, 0]`` (texts: ``[len(text), 1, 0, 0]``), so tests can tell rows apart and
 check their order. Every forward pass is recorded; ``gate`` can hold passes back, and a
-row whose value is ``FAIL`` makes its whole pass raise.
+row whose value is ``FAIL`` makes its whole pass raise. ``poison`` names red values that
+preprocess to ``FAIL``; ``failures`` makes the next that many image passes raise.
 """
 
 from __future__ import annotations
@@ -28,16 +29,21 @@ class FakeEncoder:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.poison: set[int] = set()
+        self.failures = 0
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         red = img.convert("RGB").getpixel((0, 0))
         assert isinstance(red, tuple)
-        return torch.tensor([float(red[0])])
+        return torch.tensor([FAIL if red[0] in self.poison else float(red[0])])
 
     def encode_images(self, batch: torch.Tensor) -> Vectors:
         self.calls.append(("image", batch.shape[0]))
         self.entered.set()
         self.gate.wait(10)
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("fake transient failure")
         if bool((batch[:, 0] == FAIL).any()):
             raise RuntimeError("fake model failure")
         out = np.zeros((batch.shape[0], self.dim), dtype=np.float32)

@@ -13,7 +13,14 @@ from aiokafka import ConsumerRecord
 from embedder_fakes import FakeEncoder
 from PIL import Image
 
-from imgsim_core.contracts import ImageEmbedded, SearchRequested
+from imgsim_core.contracts import (
+    ImageEmbedded,
+    Range,
+    SearchParams,
+    SearchRequested,
+    VectorSearchRequested,
+    unpack_vector,
+)
 from imgsim_core.images import ImageError
 from imgsim_core.kafka import OutRecord, now_ms
 from imgsim_core.settings import ImageLimits
@@ -32,10 +39,14 @@ def png(red: int) -> bytes:
 
 
 def record(
-    offset: int, key: bytes | None, value: bytes | None, metadata: bytes | None = None
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    metadata: bytes | None = None,
+    partition: int = 0,
 ) -> ConsumerRecord[Any, Any]:
     headers = [] if metadata is None else [(Header.METADATA, metadata)]
-    return ConsumerRecord(TOPICS.images, 0, offset, 0, 0, key, value, None, 0, 0, headers)
+    return ConsumerRecord(TOPICS.images, partition, offset, 0, 0, key, value, None, 0, 0, headers)
 
 
 @pytest.fixture
@@ -67,14 +78,16 @@ def headers_of(out: OutRecord) -> dict[str, str]:
 async def test_a_valid_image_becomes_a_vector(
     fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
 ) -> None:
-    [out] = await run([record(7, b"img-1", png(200), b'{"tag":"x"}')], fake_batcher, pool)
+    [out] = await run(
+        [record(7, b"img-1", png(200), b'{"tag":"x"}', partition=3)], fake_batcher, pool
+    )
     assert (out.topic, out.key) == (TOPICS.vectors, b"img-1")
     assert out.value is not None
     event = ImageEmbedded.model_validate_json(out.value)
     assert (event.image_id, event.model_id, event.dim) == ("img-1", "fake/test", 4)
     assert event.array().tolist() == [200.0, 0.0, 0.0, 0.0]
     assert event.metadata == {"tag": "x"}
-    assert event.source_offset == 7
+    assert (event.source_partition, event.source_offset) == (3, 7)
     assert headers_of(out)[Header.MODEL_ID] == "fake/test"
     assert headers_of(out)[Header.CONTRACT] == CONTRACT_VERSION
 
@@ -151,12 +164,15 @@ async def test_an_image_query_gets_its_vector(
     )
     assert (search.model_id, search.top_k, search.threshold) == ("fake/test", 3, 0.5)
     assert search.deadline_ms == q.deadline_ms
+    assert search.vector is not None
     assert base64.b64decode(search.vector)[:4] == b"\x00\x00\xc6\x42"  # 99.0 as <f4
 
 
-async def test_a_text_query_gets_its_vector(
+async def test_a_text_query_gets_its_text_vector(
     fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
 ) -> None:
+    calls = fake_batcher.encoder.calls  # type: ignore[attr-defined]
+    before = len(calls)
     search = await embed_query(
         query(text="a red car"),
         encoder=fake_batcher.encoder,
@@ -165,6 +181,34 @@ async def test_a_text_query_gets_its_vector(
         limits=LIMITS,
     )
     assert search.model_id == "fake/test"
+    assert search.like_image_id is None
+    assert search.vector is not None
+    assert unpack_vector(search.vector).tolist() == [9.0, 1.0, 0.0, 0.0]  # the text tower's
+    assert calls[before:] == [("text", 1)]
+
+
+async def test_every_search_param_is_passed_through(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    q = SearchRequested.model_validate(
+        {
+            "text": "cat",
+            "top_k": 7,
+            "threshold": -0.25,
+            "include_metadata": False,
+            "filter": {"tags": ["cat", "dog"], "year": {"gte": 2020}, "ok": True, "n": 3},
+            "deadline_ms": now_ms() + 5000,
+        }
+    )
+    search = await embed_query(
+        q, encoder=fake_batcher.encoder, batcher=fake_batcher, pool=pool, limits=LIMITS
+    )
+    params = set(SearchParams.model_fields)
+    assert search.model_dump(include=params) == q.model_dump(include=params)
+    assert search.filter == {"tags": ["cat", "dog"], "year": Range(gte=2020), "ok": True, "n": 3}
+    # and it survives the trip to the indexer as JSON
+    again = VectorSearchRequested.model_validate_json(search.model_dump_json())
+    assert again == search
 
 
 @pytest.mark.parametrize(
@@ -174,6 +218,8 @@ async def test_a_text_query_gets_its_vector(
         ({"text": "x", "image": base64.b64encode(png(1)).decode()}, "bad_request"),
         ({"image": "%%% not base64"}, "bad_base64"),
         ({"image": base64.b64encode(b"nope").decode()}, "unsupported_format"),
+        ({"text": ""}, "bad_request"),
+        ({"text": " \n\t"}, "bad_request"),
     ],
 )
 async def test_bad_queries_raise_with_a_code(

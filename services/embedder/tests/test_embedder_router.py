@@ -23,9 +23,11 @@ from PIL import Image
 
 from imgsim_core.contracts import (
     ImageEmbedded,
+    Range,
     SearchReplied,
     SearchRequested,
     VectorSearchRequested,
+    unpack_vector,
 )
 from imgsim_core.kafka import now_ms
 from imgsim_core.topics import Header
@@ -123,3 +125,58 @@ async def test_an_image_record_is_produced_as_a_vector(harness: Harness) -> None
     assert (topic, key) == (TOPICS.vectors, b"img-9")
     event = ImageEmbedded.model_validate_json(value or b"")
     assert (event.image_id, event.metadata) == ("img-9", {"a": 1})
+
+
+MALFORMED: list[tuple[str, bytes | str | dict[str, Any], dict[str, str]]] = [
+    ("not JSON", b"{this is not json", {"content-type": "application/json"}),
+    ("not UTF-8", b"\xff\xfe\x00", {}),
+    ("plain text", "find me a cat", {}),
+    ("a JSON list", b"[1, 2]", {"content-type": "application/json"}),
+    ("no deadline", {"text": "cat"}, {}),
+    ("wrong types", {"text": "cat", "top_k": "many", "deadline_ms": 1}, {}),
+    ("unknown field", {"text": "cat", "colour": "red", "deadline_ms": 1}, {}),
+    ("top_k out of range", {"text": "cat", "top_k": 0, "deadline_ms": 1}, {}),
+    ("bad filter key", {"text": "cat", "filter": {"a b": 1}, "deadline_ms": 1}, {}),
+    ("neither", {"top_k": 3}, {}),
+    ("both", {"text": "cat", "image": png()}, {}),
+    ("empty text", {"text": ""}, {}),
+    ("blank text", {"text": "   "}, {}),
+    ("text over 1000", {"text": "x" * 1001}, {}),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "headers"), MALFORMED, ids=[m[0] for m in MALFORMED])
+async def test_a_malformed_query_gets_a_bad_request_reply(
+    harness: Harness, name: str, body: bytes | str | dict[str, Any], headers: dict[str, str]
+) -> None:
+    if isinstance(body, dict) and name != "no deadline":
+        body = {"deadline_ms": now_ms() + 5000, **body}
+    await harness.broker.publish(
+        body, TOPICS.queries, correlation_id="cid-7", reply_to="replies.test", headers=headers
+    )
+    [(reply, cid)] = harness.replies
+    assert (reply.error_code, cid) == ("bad_request", "cid-7")
+    assert reply.error
+    assert reply.hits == []
+    assert harness.searches == []
+
+
+async def test_a_text_query_is_forwarded_with_its_filter(harness: Harness) -> None:
+    raw = {
+        "text": "a red car",
+        "top_k": 4,
+        "threshold": 0.1,
+        "include_metadata": False,
+        "filter": {"tags": "car", "year": {"lt": 2000}},
+        "deadline_ms": now_ms() + 5000,
+    }
+    await harness.broker.publish(
+        raw, TOPICS.queries, correlation_id="cid-2", reply_to="replies.test"
+    )
+    [(search, cid, reply_to)] = harness.searches
+    assert (cid, reply_to) == ("cid-2", "replies.test")
+    assert (search.top_k, search.threshold, search.include_metadata) == (4, 0.1, False)
+    assert search.filter == {"tags": "car", "year": Range(lt=2000)}
+    assert search.vector is not None
+    assert unpack_vector(search.vector).tolist() == [9.0, 1.0, 0.0, 0.0]
+    assert harness.replies == []

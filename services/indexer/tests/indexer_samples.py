@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from imgsim_core.contracts import Metadata, Vector
-from imgsim_core.settings import QdrantSettings
+from imgsim_core.settings import ModelSettings, QdrantSettings
 from imgsim_indexer.store import Point
 
 DIM = 16
+MODEL = ModelSettings(weights="random")  # the model the handler tests' indexer holds
 
 
 def unit_vector(seed: int, dim: int = DIM) -> Vector:

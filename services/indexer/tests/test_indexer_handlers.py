@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from faststream.exceptions import AckMessage
 from faststream.kafka import KafkaBroker, TestKafkaBroker
-from indexer_samples import DIM, make_point, unit_vector
+from indexer_samples import DIM, MODEL, make_point, unit_vector
 
 from imgsim_core.contracts import (
     ImageEmbedded,
@@ -39,7 +39,7 @@ async def state(tmp_path: Path) -> AsyncIterator[IndexerState]:
 @pytest.fixture
 async def broker(state: IndexerState) -> AsyncIterator[KafkaBroker]:
     broker = KafkaBroker()
-    broker.include_router(build_router(IndexerSettings(dim=DIM), state))
+    broker.include_router(build_router(IndexerSettings(dim=DIM, model=MODEL), state))
     async with TestKafkaBroker(broker) as test_broker:
         yield test_broker
 
@@ -47,7 +47,7 @@ async def broker(state: IndexerState) -> AsyncIterator[KafkaBroker]:
 def search_request(seed: int, **changes: object) -> VectorSearchRequested:
     fields: dict[str, object] = {
         "vector": pack_vector(unit_vector(seed)),
-        "model_id": "test-model",
+        "model_id": MODEL.model_id,
         "deadline_ms": now_ms() + 5_000,
         "top_k": 3,
     }
@@ -91,17 +91,24 @@ async def test_expired_search_gets_no_reply(broker: KafkaBroker) -> None:
         await broker.request(search_request(1, deadline_ms=now_ms() - 1), TOPICS.searches)
 
 
-async def test_status_reports_the_store(broker: KafkaBroker) -> None:
+async def test_status_reports_the_store(broker: KafkaBroker, state: IndexerState) -> None:
     response = await broker.request(StatusRequested(deadline_ms=now_ms() + 5_000), TOPICS.status)
 
     status = IndexerStatus.model_validate_json(response.body)
-    assert status == IndexerStatus(ready=True, store="qdrant-edge", collection="images", indexed=10)
+    assert status == IndexerStatus(
+        ready=True,
+        store="qdrant-edge",
+        collection="images",
+        indexed=10,
+        model_id=MODEL.model_id,
+        started_at=state.started_at,
+    )
 
 
 async def test_vectors_batch_upserts(broker: KafkaBroker, state: IndexerState) -> None:
     event = ImageEmbedded(
         image_id="new",
-        model_id="test-model",
+        model_id=MODEL.model_id,
         dim=DIM,
         vector=pack_vector(unit_vector(99)),
         metadata={"k": "v"},

@@ -52,7 +52,7 @@ def embedded(image_id: str, seed: int = 0, **changes: Any) -> bytes:
 
 
 def plan(*records: ConsumerRecord[bytes, bytes]) -> Any:
-    return plan_batch(records, dim=DIM, deadletter_topic=DEADLETTER, now=NOW)
+    return plan_batch(records, dim=DIM, model_id="m", deadletter_topic=DEADLETTER, now=NOW)
 
 
 def reason(dead: OutRecord) -> str:
@@ -69,7 +69,15 @@ def test_valid_event_becomes_an_upsert() -> None:
     assert point.model_id == "m"
     assert point.metadata == {"seed": 3}
     assert point.indexed_at == NOW
+    assert (point.source_partition, point.source_offset) == (None, None)
     np.testing.assert_array_equal(point.vector, unit_vector(3))
+
+
+def test_upsert_keeps_the_source_offset() -> None:
+    result = plan(record(b"a", embedded("a", source_partition=4, source_offset=1234)))
+
+    [point] = result.upserts
+    assert (point.source_partition, point.source_offset) == (4, 1234)
 
 
 def test_tombstone_becomes_a_delete() -> None:
@@ -85,6 +93,7 @@ def test_tombstone_becomes_a_delete() -> None:
         pytest.param(b"a", b"{not json", "bad_json", id="bad-json"),
         pytest.param(b"a", b'{"image_id": "a"}', "bad_event", id="wrong-schema"),
         pytest.param(b"a", embedded("a", dim=DIM * 2), "wrong_dim", id="wrong-dim"),
+        pytest.param(b"a", embedded("a", model_id="other"), "unknown_model", id="other-model"),
         pytest.param(b"a", embedded("b"), "key_mismatch", id="key-mismatch"),
         pytest.param(b"", embedded("a"), "empty_key", id="empty-key"),
         pytest.param(None, embedded("a"), "empty_key", id="no-key"),
@@ -114,6 +123,7 @@ def test_bad_records_become_dead_letters(key: bytes | None, value: bytes, code: 
     assert dead.topic == DEADLETTER
     assert (dead.key, dead.value) == (key, value)
     assert reason(dead).startswith(f"{code}: ")
+    assert result.dead_letter_codes == [code]
     headers = dict(dead.headers)
     assert headers[Header.SOURCE_OFFSET] == str(bad.offset).encode()
     assert headers[Header.SOURCE_PARTITION] == b"2"

@@ -12,7 +12,7 @@ import base64
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -197,4 +197,37 @@ class ImageRecord(_Event):
     indexed_at: datetime | None = None
     source_partition: int | None = None
     source_offset: int | None = None
+    error: str | None = None
+
+
+ReindexState = Literal["idle", "running", "switching", "done", "failed"]
+
+
+class ReindexRequested(_Event):
+    """Asks the indexer to start a reindex, report on it, or drop old collections (admin topic).
+
+    ``action``: ``start`` builds a new collection from the compacted topics and switches
+    the alias to it once it has caught up; ``status`` only reports; ``drop_old`` removes
+    the collections that no alias points at any more.
+    """
+
+    action: Literal["start", "status", "drop_old"] = "status"
+    deadline_ms: int
+
+
+class ReindexStatus(_Event):
+    """The indexer's answer to :class:`ReindexRequested`."""
+
+    state: ReindexState
+    collection: str = Field(description="The collection the alias points at now.")
+    target: str | None = Field(default=None, description="The collection being built.")
+    source_topic: str | None = None
+    processed: int = 0
+    total: int = Field(default=0, description="Records to replay (end offsets at the start).")
+    rate_per_s: float = 0.0
+    eta_s: float | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    old_collections: list[str] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)
     error: str | None = None

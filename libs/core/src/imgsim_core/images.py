@@ -69,7 +69,9 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as img:
             width, height = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own guard, at twice its pixel limit
+        raise ImageError("too_many_pixels", f"decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("corrupt_image", f"the {fmt} header cannot be read: {exc}") from exc
     if width <= 0 or height <= 0:
         raise ImageError("corrupt_image", "the image has no pixels")

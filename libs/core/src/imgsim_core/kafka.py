@@ -26,6 +26,7 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH, Metadata
 from imgsim_core.settings import KafkaSettings
 from imgsim_core.topics import CONTRACT_VERSION, Header
+from imgsim_core.tracing import source_context, trace_headers
 
 log = logging.getLogger(__name__)
 _METADATA = TypeAdapter(dict[str, JsonValue])
@@ -79,10 +80,17 @@ def encode_metadata(metadata: Metadata) -> bytes:
     return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def produced_headers(**values: str) -> list[tuple[str, bytes]]:
-    """Headers of a record that imgsim produces, with the contract version."""
+def produced_headers(
+    *, source: ConsumerRecord[Any, Any] | None = None, **values: str
+) -> list[tuple[str, bytes]]:
+    """Headers of a record that imgsim produces: the contract version and trace context.
+
+    The trace context is the current one, or, for a record made from the consumed record
+    ``source``, that record's (its span inside a traced batch).
+    """
     out = [(Header.CONTRACT, CONTRACT_VERSION.encode())]
     out.extend((name.replace("_", "-"), value.encode()) for name, value in values.items())
+    out.extend(trace_headers(None if source is None else source_context(source)))
     return out
 
 
@@ -110,6 +118,7 @@ def dead_letter_record(topic: str, record: ConsumerRecord[Any, Any], reason: str
         record.offset,
     )
     headers = [(k, v.encode()) for k, v in dead_letter_headers(record, reason).items()]
+    headers.extend(trace_headers(source_context(record)))
     return OutRecord(topic, record.key, record.value, headers)
 
 
@@ -184,6 +193,7 @@ async def ensure_topics(settings: KafkaSettings, extra: Iterable[str] = ()) -> N
         topics.searches,
         topics.status,
         topics.lookups,
+        topics.admin,
         topics.deadletter,
         *extra,
     ):

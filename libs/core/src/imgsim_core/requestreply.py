@@ -20,11 +20,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from imgsim_core.kafka import now_ms, produced_headers
 from imgsim_core.topics import Header
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer(__name__)
 
 
 class RequestTimeoutError(TimeoutError):
@@ -101,17 +104,29 @@ class Requester:
         deadline = now_ms() + int(timeout_s * 1000)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
-        record_headers = produced_headers()
-        record_headers += [
-            (Header.CORRELATION_ID, correlation_id.encode()),
-            (Header.REPLY_TO, self.reply_topic.encode()),
-            (Header.DEADLINE, str(deadline).encode()),
-        ]
-        record_headers += [(k, v.encode()) for k, v in (headers or {}).items()]
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._producer.send_and_wait(topic, value, key=key, headers=record_headers)
-                return await future
+            with _TRACER.start_as_current_span(
+                f"{topic} request",
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": topic,
+                    "messaging.message.conversation_id": correlation_id,
+                },
+            ):
+                # The request carries this span's context; the reply ends the span.
+                record_headers = produced_headers()
+                record_headers += [
+                    (Header.CORRELATION_ID, correlation_id.encode()),
+                    (Header.REPLY_TO, self.reply_topic.encode()),
+                    (Header.DEADLINE, str(deadline).encode()),
+                ]
+                record_headers += [(k, v.encode()) for k, v in (headers or {}).items()]
+                async with asyncio.timeout(timeout_s):
+                    await self._producer.send_and_wait(
+                        topic, value, key=key, headers=record_headers
+                    )
+                    return await future
         except TimeoutError as exc:
             raise RequestTimeoutError(f"no reply from {topic} within {timeout_s:.1f} s") from exc
         finally:

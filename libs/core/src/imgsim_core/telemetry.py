@@ -1,17 +1,24 @@
-"""One place that sets up logs and metrics for every service.
+"""One place that sets up logs, traces and metrics for every service.
 
-Logs are JSON lines on stderr (python-json-logger) with the service name; metrics are
-prometheus-client collectors, served on ``/metrics`` by the gateway and by a small HTTP
-endpoint in the workers.
+Logs are JSON lines on stderr (python-json-logger) with the service name and, inside a
+span, its ``trace_id`` and ``span_id``; traces are exported as the standard ``OTEL_*``
+variables say (see :mod:`imgsim_core.tracing`); metrics are prometheus-client
+collectors, served on ``/metrics`` by the gateway and by a small HTTP endpoint in the
+workers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Mapping
 
+from opentelemetry import trace
 from prometheus_client import start_http_server
 from pythonjsonlogger.json import JsonFormatter
+
+from imgsim_core.tracing import configure_tracing
 
 # Logged once a service consumes; the local stack and the tests wait for it.
 READY_MESSAGE = "imgsim service ready"
@@ -27,8 +34,29 @@ class _ServiceFilter(logging.Filter):
         return True
 
 
-def configure_telemetry(service: str, *, level: str = "INFO", json_logs: bool = True) -> None:
-    """JSON logs to stderr for ``service``; idempotent."""
+class _TraceFilter(logging.Filter):
+    """Adds ``trace_id`` and ``span_id`` (hex) of the current span, when there is one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = trace.format_trace_id(context.trace_id)
+            record.span_id = trace.format_span_id(context.span_id)
+        return True
+
+
+def configure_telemetry(
+    service: str,
+    *,
+    level: str = "INFO",
+    json_logs: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """JSON logs to stderr and tracing for ``service``; idempotent.
+
+    Tracing follows the standard ``OTEL_*`` variables of ``environ`` (default: the
+    process environment, which the OpenTelemetry exporters read as well).
+    """
     root = logging.getLogger()
     for existing in list(root.handlers):
         if getattr(existing, "imgsim", False):
@@ -45,10 +73,12 @@ def configure_telemetry(service: str, *, level: str = "INFO", json_logs: bool = 
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_ServiceFilter(service))
+    handler.addFilter(_TraceFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "httpx", "faststream"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    configure_tracing(service, os.environ if environ is None else environ)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

@@ -69,6 +69,11 @@ class Topics:
         """One image's record from the indexer (:class:`~imgsim_core.contracts.LookupRequested`)."""
         return f"{self.prefix}lookups"
 
+    @property
+    def admin(self) -> str:
+        """Reindex commands to the indexer (:class:`~imgsim_core.contracts.ReindexRequested`)."""
+        return f"{self.prefix}admin"
+
     def replies(self, instance_id: str) -> str:
         """The reply topic of one gateway instance."""
         return f"{self.prefix}replies.{instance_id}"
@@ -86,5 +91,6 @@ class Topics:
             self.searches,
             self.status,
             self.lookups,
+            self.admin,
             self.deadletter,
         )

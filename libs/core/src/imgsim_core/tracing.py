@@ -32,12 +32,22 @@ from typing import Any
 
 from faststream import BaseMiddleware
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +165,9 @@ def source_context(record: Any) -> Context:
     if batch is not None and (span := batch.record_spans.get(_record_id(record))) is not None:
         return trace.set_span_in_context(span, Context())
     received = extract_context(getattr(record, "headers", None))
-    return received if trace.get_current_span(received).get_span_context().is_valid else Context()
+    if trace.get_current_span(received).get_span_context().is_valid:
+        return received
+    return otel_context.get_current()
 
 
 # --------------------------------------------------------------------------------------
@@ -218,11 +230,11 @@ def traced_batch(
     tracer = _tracer(tracer)
     topic = records[0].topic if records else "kafka"
     received = [extract_context(r.headers) for r in records]
-    links = [
-        Link(ctx, attributes={"messaging.kafka.message.offset": r.offset})
-        for r, ctx in zip(records, (trace.get_current_span(c).get_span_context() for c in received), strict=True)
-        if ctx.is_valid
-    ]
+    links = []
+    for record, ctx in zip(records, received, strict=True):
+        span_context = trace.get_current_span(ctx).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context, {"messaging.kafka.message.offset": record.offset}))
     with tracer.start_as_current_span(
         name or f"{topic} batch",
         kind=SpanKind.CONSUMER,
@@ -278,6 +290,31 @@ def batch_step(name: str, **attributes: str | int | float | bool) -> Iterator[No
         return
     with batch.step(name, **attributes):
         yield
+
+
+@contextlib.contextmanager
+def linked_span(
+    name: str,
+    origins: Sequence[SpanContext],
+    *,
+    tracer: Tracer | None = None,
+    **attributes: str | int | float | bool,
+) -> Iterator[Span]:
+    """A span of work done for several callers at once (a forward pass for many rows).
+
+    It links to each distinct caller's span; with a single caller it is also that span's
+    child, so one request's trace shows the work done for it.
+    """
+    distinct = list({(c.trace_id, c.span_id): c for c in origins if c.is_valid}.values())
+    parent = (
+        trace.set_span_in_context(NonRecordingSpan(distinct[0]), Context())
+        if len(distinct) == 1
+        else Context()
+    )
+    with _tracer(tracer).start_as_current_span(
+        name, context=parent, links=[Link(c) for c in distinct], attributes=attributes
+    ) as span:
+        yield span
 
 
 class BatchTracingMiddleware(BaseMiddleware[Any, Any]):

@@ -21,7 +21,9 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
 from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.lag import ConsumerLag
 from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
+from imgsim_core.tracing import kafka_middlewares
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
 from imgsim_embedder.model import ClipEncoder
@@ -67,8 +69,10 @@ def create_app(settings: EmbedderSettings) -> FastStream:
         client_id="imgsim-embedder",
         linger_ms=settings.kafka.latency_linger_ms,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
+        middlewares=kafka_middlewares(),
     )
     broker.include_router(build_router(settings, holder))
+    lag = ConsumerLag(broker)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -80,6 +84,8 @@ def create_app(settings: EmbedderSettings) -> FastStream:
                 holder.set(None)
 
     app = FastStream(broker, lifespan=lifespan)
+    app.after_startup(lag.start)
+    app.on_shutdown(lag.stop)
 
     @app.after_startup
     async def announce() -> None:

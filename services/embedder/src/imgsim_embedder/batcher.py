@@ -32,8 +32,10 @@ from typing import Generic, Literal, TypeVar
 
 import numpy as np
 import torch
+from opentelemetry.trace import SpanContext, get_current_span
 from prometheus_client import Histogram
 
+from imgsim_core.tracing import batch_step, linked_span
 from imgsim_embedder.errors import BatcherClosedError, InferenceError
 from imgsim_embedder.model import ImageEncoder, Vectors
 
@@ -61,6 +63,8 @@ class _Row(Generic[T]):
     payload: T
     future: asyncio.Future[Vectors]
     arrived: float = field(default_factory=time.monotonic)
+    # The caller's span: the forward pass links to it.
+    origin: SpanContext = field(default_factory=lambda: get_current_span().get_span_context())
 
 
 class MicroBatcher:
@@ -109,11 +113,13 @@ class MicroBatcher:
 
     async def embed_images(self, tensors: Sequence[torch.Tensor], *, urgent: bool) -> Vectors:
         """Vectors of preprocessed images, in order: (len(tensors), dim)."""
-        return await self._submit(self._urgent if urgent else self._bulk, tensors)
+        with batch_step("embed images", rows=len(tensors), urgent=urgent):
+            return await self._submit(self._urgent if urgent else self._bulk, tensors)
 
     async def embed_text(self, texts: Sequence[str]) -> Vectors:
         """Vectors of texts, in order; texts are always urgent."""
-        return await self._submit(self._texts, texts)
+        with batch_step("embed texts", rows=len(texts)):
+            return await self._submit(self._texts, texts)
 
     async def _submit(self, queue: deque[_Row[T]], payloads: Sequence[T]) -> Vectors:
         if not payloads:
@@ -188,9 +194,10 @@ class MicroBatcher:
         payloads = [r.payload for r in rows]
         started = time.perf_counter()
         try:
-            vectors = await asyncio.get_running_loop().run_in_executor(
-                self._executor, encode, payloads
-            )
+            with linked_span(f"{kind} forward pass", [r.origin for r in rows], rows=len(rows)):
+                vectors = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, encode, payloads
+                )
             if vectors.shape[0] != len(rows):
                 raise InferenceError(f"the encoder gave {vectors.shape[0]} rows for {len(rows)}")
         except asyncio.CancelledError:

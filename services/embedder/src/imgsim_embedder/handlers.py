@@ -8,14 +8,21 @@
   input order (so per-key order holds) — with one ``embed_images`` call for the whole
   batch. The handler produces them with the service's idempotent ``acks=all`` producer
   and returns; ``AckPolicy.NACK_ON_ERROR`` commits only then, and any unexpected error
-  (broker, model) seeks back so the batch is redelivered: at-least-once.
-- **queries**: drops a query whose deadline has passed, embeds the image or the text as
-  urgent work and publishes a :class:`VectorSearchRequested` to the searches topic with the
-  incoming ``correlation_id`` and ``reply_to`` (and ``deadline`` header), so the indexer
-  answers the gateway directly. ``no_reply=True`` keeps FastStream from sending the
-  handler's return value to ``reply_to`` itself. Bad input is answered at once with a
-  :class:`SearchReplied` error on ``reply_to``, so the gateway gets a reason, not a timeout.
-  ``max_workers`` lets several queries wait in the batcher together.
+  (broker, stopping) seeks back so the batch is redelivered: at-least-once. A bad record
+  is dead-lettered alone and never fails the batch. A model failure is retried
+  ``model_retries`` times with exponential backoff; if it persists, the images are tried
+  one by one and those that still fail are dead-lettered as ``model_error: …``, so a
+  batch is never redelivered forever.
+- **queries**: the body arrives as raw bytes (the ``raw_body`` decoder) and is validated
+  in the handler, so a malformed query is answered with a ``bad_request``
+  :class:`SearchReplied` on ``reply_to`` rather than rejected by FastStream (which would
+  leave the gateway waiting for its timeout). A query whose deadline has passed is
+  dropped; otherwise the image or the text is embedded as urgent work and a
+  :class:`VectorSearchRequested` (with all the :class:`SearchParams`, filter included) is
+  published to the searches topic with the incoming ``correlation_id`` and ``reply_to``
+  (and ``deadline`` header), so the indexer answers the gateway directly.
+  ``no_reply=True`` keeps FastStream from sending the handler's return value to
+  ``reply_to`` itself. ``max_workers`` lets several queries wait in the batcher together.
 """
 
 from __future__ import annotations
@@ -35,13 +42,17 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
+from faststream.kafka.message import KafkaMessage as RawKafkaMessage
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from imgsim_core.contracts import (
     ImageEmbedded,
     Metadata,
+    SearchParams,
     SearchReplied,
     SearchRequested,
+    Vector,
     VectorSearchRequested,
     pack_vector,
 )
@@ -61,7 +72,7 @@ from imgsim_core.kafka import (
 from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import CONTRACT_VERSION, Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
-from imgsim_embedder.errors import EmbedderError
+from imgsim_embedder.errors import EmbedderError, InferenceError
 from imgsim_embedder.model import ImageEncoder
 from imgsim_embedder.settings import EmbedderSettings
 
@@ -69,6 +80,10 @@ log = logging.getLogger(__name__)
 
 RECORDS = Counter("imgsim_embedder_records", "Image records handled.", ["outcome"])
 QUERIES = Counter("imgsim_embedder_queries", "Search queries handled.", ["outcome"])
+IMAGES = Counter("imgsim_embedder_images", "Images embedded into vectors.")
+DEADLETTERS = Counter(
+    "imgsim_embedder_deadletters", "Image records sent to the dead-letter topic.", ["reason"]
+)
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"
 
@@ -119,22 +134,36 @@ async def embed_records(
     pool: ThreadPoolExecutor,
     topics: Topics,
     limits: ImageLimits,
+    model_retries: int = 3,
+    retry_backoff_s: float = 0.1,
 ) -> list[OutRecord]:
-    """The records to produce for a batch of image records, in input order."""
+    """The records to produce for a batch of image records: exactly one per record, in
+    input order (a vector, a tombstone or a dead letter).
+
+    Raises only when the batch must be redelivered (the batcher is stopping, cancelled).
+    """
     loop = asyncio.get_running_loop()
     out: list[OutRecord | None] = [None] * len(records)
+
+    def dead_letter(i: int, code: str, message: str) -> None:
+        out[i] = dead_letter_record(topics.deadletter, records[i], f"{code}: {message}")
+        DEADLETTERS.labels(code).inc()
+        RECORDS.labels("dead_letter").inc()
+
     valid: list[_Valid] = []
     for i, record in enumerate(records):
         try:
             image_id = decode_key(record.key)
             if record.value is None:
-                out[i] = OutRecord(topics.vectors, record.key, None, produced_headers())
+                tombstone = produced_headers(source=record)
+                out[i] = OutRecord(topics.vectors, record.key, None, tombstone)
+                RECORDS.labels("tombstone").inc()
                 continue
             metadata = decode_metadata(
                 header(record.headers, Header.METADATA), limits.max_metadata_bytes
             )
         except EventError as exc:
-            out[i] = dead_letter_record(topics.deadletter, record, f"{exc.code}: {exc.message}")
+            dead_letter(i, exc.code, exc.message)
             continue
         future = loop.run_in_executor(pool, _prepare, encoder, record.value, limits)
         valid.append(_Valid(i, image_id, metadata, future))
@@ -146,31 +175,82 @@ async def embed_records(
             tensors.append(await item.future)
             embedded.append(item)
         except ImageError as exc:
-            reason = f"{exc.code}: {exc.message}"
-            out[item.index] = dead_letter_record(topics.deadletter, records[item.index], reason)
+            dead_letter(item.index, exc.code, exc.message)
+        except Exception as exc:  # a decoder bug on odd bytes: this image's fault alone
+            log.exception("preprocessing record at offset %d failed", records[item.index].offset)
+            dead_letter(item.index, "preprocess_error", f"{type(exc).__name__}: {exc}")
 
-    vectors = await batcher.embed_images(tensors, urgent=False)
+    results = await _embed_bulk(batcher, tensors, model_retries, retry_backoff_s)
     now = datetime.now(UTC)
-    model_headers = produced_headers(model_id=encoder.model_id)
-    for item, vector in zip(embedded, vectors, strict=True):
+    for item, result in zip(embedded, results, strict=True):
+        if isinstance(result, InferenceError):
+            dead_letter(item.index, "model_error", str(result))
+            continue
         record = records[item.index]
         event = ImageEmbedded(
             image_id=item.image_id,
             model_id=encoder.model_id,
             dim=encoder.dim,
-            vector=pack_vector(vector),
+            vector=pack_vector(result),
             metadata=item.metadata,
+            source_partition=record.partition,
             source_offset=record.offset,
             embedded_at=now,
         )
+        # Each vector carries its own image's trace (the record's span in this batch).
+        model_headers = produced_headers(model_id=encoder.model_id, source=record)
         out[item.index] = OutRecord(
             topics.vectors, record.key, event.model_dump_json().encode(), model_headers
         )
+        IMAGES.inc()
+        RECORDS.labels("vector").inc()
     done = [r for r in out if r is not None]
-    for r in done:
-        outcome = "dead_letter" if r.topic == topics.deadletter else "vector"
-        RECORDS.labels("tombstone" if r.value is None else outcome).inc()
+    assert len(done) == len(records), "every record has exactly one output"
     return done
+
+
+async def _embed_bulk(
+    batcher: MicroBatcher, tensors: list[torch.Tensor], retries: int, backoff_s: float
+) -> list[Vector | InferenceError]:
+    """Each tensor's vector, or the model's error on it after bounded retries.
+
+    The whole batch is tried ``1 + retries`` times with exponential backoff; if the model
+    still fails, every image is tried once alone, so one image that breaks the model
+    cannot take the others down with it.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return list(await batcher.embed_images(tensors, urgent=False))
+        except InferenceError as exc:
+            if attempt == retries:
+                log.error(
+                    "the model failed on a batch of %d images %d times (%s); trying them one "
+                    "by one, dead-lettering those that fail",
+                    len(tensors),
+                    attempt + 1,
+                    exc,
+                )
+                if len(tensors) == 1:
+                    return [exc]
+                break
+            delay = backoff_s * 2**attempt
+            log.warning(
+                "the model failed on a batch of %d images (attempt %d of %d), retrying in "
+                "%.2f s: %s",
+                len(tensors),
+                attempt + 1,
+                retries + 1,
+                delay,
+                exc,
+            )
+            await asyncio.sleep(delay)
+    results: list[Vector | InferenceError] = []
+    for tensor in tensors:
+        try:
+            results.append((await batcher.embed_images([tensor], urgent=False))[0])
+        except InferenceError as exc:
+            results.append(exc)
+    return results
 
 
 async def embed_query(
@@ -184,6 +264,8 @@ async def embed_query(
     """The query's vector search; raises ImageError (with a code) on bad input."""
     if (query.image is None) == (query.text is None):
         raise ImageError("bad_request", "a search needs exactly one of image or text")
+    if query.text is not None and not query.text.strip():
+        raise ImageError("bad_request", "the text is empty")
     if query.text is not None:
         vectors = await batcher.embed_text([query.text])
     else:
@@ -195,13 +277,26 @@ async def embed_query(
         tensor = await loop.run_in_executor(pool, _prepare, encoder, data, limits)
         vectors = await batcher.embed_images([tensor], urgent=True)
     return VectorSearchRequested(
+        **query.model_dump(include=set(SearchParams.model_fields)),
         vector=pack_vector(vectors[0]),
         model_id=encoder.model_id,
-        top_k=query.top_k,
-        threshold=query.threshold,
-        include_metadata=query.include_metadata,
         deadline_ms=query.deadline_ms,
     )
+
+
+async def raw_body(message: RawKafkaMessage) -> bytes:
+    """FastStream decoder that leaves the body as bytes, for the handler to validate."""
+    return message.body
+
+
+def describe(exc: ValidationError) -> str:
+    """A short, input-free account of why a body is not a valid query."""
+    problems = [
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "malformed query: " + "; ".join(problems[:5]) + more
 
 
 def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter:
@@ -242,6 +337,8 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
             pool=state.pool,
             topics=topics,
             limits=limits,
+            model_retries=settings.model_retries,
+            retry_backoff_s=settings.model_retry_backoff_ms / 1000,
         )
         await produce_all(state.producer, outputs)
 
@@ -254,37 +351,51 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         fetch_max_wait_ms=settings.kafka.latency_fetch_max_wait_ms,
         max_workers=settings.query_concurrency,
         no_reply=True,
+        decoder=raw_body,
         title="queries",
-        description="Searches that need an embedding; headers correlation_id, reply_to.",
+        description=(
+            "Searches that need an embedding: a SearchRequested JSON body; headers "
+            "correlation_id, reply_to."
+        ),
     )
-    async def on_query(body: SearchRequested, message: KafkaMessage, broker: KafkaBroker) -> None:
-        if body.deadline_ms < now_ms():
+    async def on_query(body: bytes, message: KafkaMessage, broker: KafkaBroker) -> None:
+        forward = {Header.CONTRACT: CONTRACT_VERSION}
+        if deadline := message.headers.get(Header.DEADLINE):
+            forward[Header.DEADLINE] = str(deadline)
+
+        async def reply_error(error: str, code: str) -> None:
+            QUERIES.labels(code).inc()
+            log.info("query %s failed: %s: %s", message.correlation_id, code, error)
+            if message.reply_to:
+                await broker.publish(
+                    SearchReplied(error=error, error_code=code),
+                    message.reply_to,
+                    correlation_id=message.correlation_id,
+                    headers=forward,
+                )
+
+        try:
+            query = SearchRequested.model_validate_json(body)
+        except ValidationError as exc:
+            await reply_error(describe(exc), "bad_request")
+            return
+        if query.deadline_ms < now_ms():
             QUERIES.labels("expired").inc()
             log.debug("dropping query %s: its deadline has passed", message.correlation_id)
             return
         state = holder.get()
-        forward = {Header.CONTRACT: CONTRACT_VERSION}
-        if deadline := message.headers.get(Header.DEADLINE):
-            forward[Header.DEADLINE] = str(deadline)
         try:
             search = await embed_query(
-                body,
+                query,
                 encoder=state.encoder,
                 batcher=state.batcher,
                 pool=state.pool,
                 limits=limits,
             )
         except (ImageError, EmbedderError) as exc:
-            code = exc.code if isinstance(exc, ImageError) else "embedding_failed"
-            QUERIES.labels(code).inc()
-            log.info("query %s failed: %s: %s", message.correlation_id, code, exc)
-            if message.reply_to:
-                await broker.publish(
-                    SearchReplied(error=str(exc), error_code=code),
-                    message.reply_to,
-                    correlation_id=message.correlation_id,
-                    headers=forward,
-                )
+            await reply_error(
+                str(exc), exc.code if isinstance(exc, ImageError) else "embedding_failed"
+            )
             return
         await searches.publish(
             search,

@@ -28,6 +28,15 @@ class EmbedderSettings(BaseSettings):
     query_concurrency: int = Field(
         default=16, ge=1, description="Queries handled at once, so they can share a batch."
     )
+    model_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Retries of an image batch the model fails on, before its images are "
+        "tried alone and those that still fail are dead-lettered (model_error).",
+    )
+    model_retry_backoff_ms: float = Field(
+        default=100, ge=0, description="Wait before the first retry; doubles each retry."
+    )
     metrics_port: int = Field(default=0, ge=0, description="Prometheus port; 0 = off.")
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"

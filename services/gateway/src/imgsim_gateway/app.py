@@ -29,6 +29,7 @@ from imgsim_core.requestreply import Requester
 from imgsim_gateway.cache import SearchCache
 from imgsim_gateway.errors import GatewayError, RateLimitedError
 from imgsim_gateway.kafkastats import KafkaStats
+from imgsim_gateway.observability import instrument
 from imgsim_gateway.pipeline import Pipeline
 from imgsim_gateway.routes import open_router, router
 from imgsim_gateway.settings import GatewaySettings
@@ -159,6 +160,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
+    instrument(app)
     return app
 
 

@@ -1,8 +1,23 @@
-"""The gateway's metrics (Prometheus) and tracing hooks."""
+"""The gateway's metrics (Prometheus) and tracing hooks.
+
+:func:`instrument` wires both into the app: a ``/metrics`` endpoint (the default
+registry: these collectors and those of libs), request count and latency by method,
+route template and status (:class:`RequestMetrics`), and OpenTelemetry's FastAPI and
+Redis instrumentations, so a request is a server span and each Redis command (caches,
+rate limits) a client span inside it. The tracer provider itself comes from
+``configure_telemetry`` in ``__main__``; without one the instrumentations are no-ops.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import time
+
+from fastapi import FastAPI, Request, Response
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CACHE_HITS = Counter(
     "imgsim_gateway_cache_hits_total", "Cache hits, by cache (embedding, result).", ["cache"]
@@ -10,3 +25,61 @@ CACHE_HITS = Counter(
 CACHE_MISSES = Counter(
     "imgsim_gateway_cache_misses_total", "Cache misses, by cache (embedding, result).", ["cache"]
 )
+REQUESTS = Counter(
+    "imgsim_gateway_requests_total",
+    "HTTP requests, by method, route template and status.",
+    ["method", "route", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "imgsim_gateway_request_duration_seconds",
+    "Seconds from request to the end of the response, by method, route template and status.",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+METRICS_PATH = "/metrics"
+# Not traced: scraped and probed every few seconds.
+UNTRACED_URLS = "/metrics,/api/v1/health"
+UNMATCHED = "<unmatched>"  # one label for every path no route matched (no cardinality blow-up)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every HTTP request by its route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: BaseRoute | None = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED
+            labels = (scope["method"], template, str(status))
+            REQUESTS.labels(*labels).inc()
+            REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+
+
+async def metrics(_: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def instrument(app: FastAPI) -> None:
+    """Add ``/metrics``, request metrics and tracing to the app (call once, last)."""
+    app.add_route(METRICS_PATH, metrics, include_in_schema=False)
+    app.add_middleware(RequestMetrics)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls=UNTRACED_URLS)
+    if not RedisInstrumentor().is_instrumented_by_opentelemetry:
+        RedisInstrumentor().instrument()

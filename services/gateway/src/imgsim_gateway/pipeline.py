@@ -36,7 +36,7 @@ from imgsim_core.contracts import (
     StatusRequested,
     VectorSearchRequested,
 )
-from imgsim_core.images import ImageError, inspect_image
+from imgsim_core.images import ImageError, decode_rgb, inspect_image
 from imgsim_core.kafka import encode_metadata, now_ms, produced_headers
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.topics import Header
@@ -131,10 +131,17 @@ class Pipeline:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def validate_image(self, data: bytes) -> str:
-        """Check the bytes and return their MIME type; raise a client error otherwise."""
+    async def validate_image(self, data: bytes) -> str:
+        """Check the bytes fully and return their MIME type; raise a client error otherwise.
+
+        The header check (format, size, pixel count) comes first and is cheap; then the
+        image is decoded once off the event loop (big JPEGs in draft mode), so truncated
+        and corrupt images are refused here instead of becoming dead letters later.
+        """
+        limits = self.settings.limits
         try:
-            info = inspect_image(data, self.settings.limits)
+            info = inspect_image(data, limits)
+            await asyncio.to_thread(decode_rgb, data, limits)
         except ImageError as exc:
             if exc.code == "image_too_large":
                 raise PayloadTooLargeError(exc.message, code=exc.code) from exc
@@ -153,7 +160,7 @@ class Pipeline:
 
     async def submit_image(self, image_id: str, data: bytes, metadata: Metadata) -> Written:
         """Produce the image event and return once the broker has it (durable)."""
-        content_type = self.validate_image(data)
+        content_type = await self.validate_image(data)
         headers = produced_headers()
         headers += [
             (Header.METADATA, self.validate_metadata(metadata)),
@@ -193,7 +200,8 @@ class Pipeline:
                 not deleted
                 and record.found
                 and record.source_partition == written.partition
-                and (record.source_offset or -1) >= written.offset
+                and record.source_offset is not None
+                and record.source_offset >= written.offset
             ):
                 return
             await asyncio.sleep(_WAIT_POLL_S)
@@ -232,7 +240,7 @@ class Pipeline:
     async def search(self, query: Query, options: SearchOptions) -> tuple[list[SearchHit], bool]:
         """Hits best first, and whether they came from the result cache."""
         if query.image is not None:
-            self.validate_image(query.image)
+            await self.validate_image(query.image)
         model_id = await self.model_id()
         params = options.model_dump()
         cached = await self.cache.get_result(query.cache_subject, query.like_image_id, params)

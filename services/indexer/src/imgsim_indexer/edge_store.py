@@ -18,6 +18,15 @@ Decisions:
   dimension fails at start with :class:`~imgsim_indexer.errors.StoreConfigError`.
 - Qdrant Edge raises plain ``Exception``; :meth:`EdgeStore._call` is the one place that
   turns those into :class:`~imgsim_indexer.errors.StoreError`.
+- Payload indexes: ``open`` runs ``UpdateOperation.create_field_index("metadata.<key>",
+  PayloadSchemaType.…)`` for each configured key whose index is missing from
+  ``shard.info().payload_schema`` or has another type (indexes persist in the shard).
+- Filters render :mod:`imgsim_indexer.filters` clauses as ``qe.Filter(must=[...])`` of
+  ``FieldCondition`` (``MatchValue`` / ``MatchAny`` / ``RangeFloat``), nested
+  ``qe.Filter(should=...)`` for "any of", ``HasIdCondition`` in ``must_not`` for left-out
+  images. qdrant-edge-py 0.9 turns a Python ``bool`` in ``MatchValue`` into the integer
+  0/1, which matches no boolean payload; a ``numpy.bool_`` reaches its Bool variant, so
+  booleans are passed as that.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,12 +43,14 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from imgsim_core.contracts import Vector, point_id
+from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.errors import StoreConfigError, StoreError, StoreNotOpenError
+from imgsim_indexer.filters import Between, Clause, Match, MatchAny, clauses, metadata_path
 from imgsim_indexer.store import (
     IMAGE_ID,
     Hit,
+    PayloadIndexes,
     Point,
     StoredImage,
     hit_from_payload,
@@ -51,6 +62,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CURRENT_FILE = "CURRENT"
+SCHEMA_TYPES = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+}
 
 
 class EdgeStore:
@@ -58,9 +75,12 @@ class EdgeStore:
 
     name = "qdrant-edge"
 
-    def __init__(self, settings: QdrantSettings, dim: int) -> None:
+    def __init__(
+        self, settings: QdrantSettings, dim: int, *, payload_indexes: PayloadIndexes | None = None
+    ) -> None:
         self.collection: str = settings.collection
         self.dim = dim
+        self.payload_indexes = dict(payload_indexes or {})
         self.root = Path(settings.path) / settings.collection
         self.current: str | None = None  # the real shard behind ``collection``
         self._shard: qe.EdgeShard | None = None
@@ -109,13 +129,21 @@ class EdgeStore:
     # -- reads ---------------------------------------------------------------------------
 
     async def search(
-        self, vector: Vector, *, top_k: int, threshold: float | None, with_metadata: bool
+        self,
+        vector: Vector,
+        *,
+        top_k: int,
+        threshold: float | None,
+        with_metadata: bool,
+        filter: Mapping[str, Condition] | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[Hit]:
         request = qe.QueryRequest(
             limit=top_k,
             query=qe.Query.Nearest(_floats(vector)),
             with_payload=True if with_metadata else qe.PayloadSelector.Include([IMAGE_ID]),
             with_vector=False,
+            filter=_filter(filter, exclude),
             score_threshold=threshold,
         )
         found = await self._call(lambda: self._opened().query(request))
@@ -132,6 +160,13 @@ class EdgeStore:
         if not records or records[0].payload is None:
             return None
         return stored_from_payload(records[0].payload)
+
+    async def get_vector(self, image_id: str) -> Vector | None:
+        ids: list[qe.PointId] = [point_id(image_id)]
+        records = await self._call(lambda: self._opened().retrieve(ids, False, True))
+        if not records or not isinstance(records[0].vector, list):
+            return None
+        return np.asarray(records[0].vector, dtype=np.float32)
 
     # -- the executor side ---------------------------------------------------------------
 
@@ -177,6 +212,15 @@ class EdgeStore:
         if not pointer.exists():
             _write_atomically(pointer, current)
         self.current = current
+        self._ensure_payload_indexes(self._shard)
+
+    def _ensure_payload_indexes(self, shard: qe.EdgeShard) -> None:
+        existing = {name: info.data_type for name, info in shard.info().payload_schema.items()}
+        for key, kind in self.payload_indexes.items():
+            path, schema = metadata_path(key), SCHEMA_TYPES[kind]
+            if existing.get(path) != schema:
+                shard.update(qe.UpdateOperation.create_field_index(path, schema))
+                log.info("created qdrant-edge payload index %s (%s)", path, kind)
 
     def _write_sync(self, operation: qe.UpdateOperation) -> None:
         shard = self._opened()
@@ -188,6 +232,31 @@ class EdgeStore:
         if shard is not None:
             shard.flush()
             shard.close()
+
+
+def _filter(conditions: Mapping[str, Condition] | None, exclude: Sequence[str]) -> qe.Filter | None:
+    must = [_condition(c) for c in clauses(conditions)]
+    must_not: list[qe.ConditionType] = (
+        [qe.HasIdCondition({point_id(i) for i in exclude})] if exclude else []
+    )
+    if not must and not must_not:
+        return None
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _condition(clause: Clause) -> qe.ConditionType:
+    if isinstance(clause, Match):
+        # numpy.bool_: qdrant-edge-py 0.9 reads a Python bool as the integer 0/1 (see above).
+        value = np.bool_(clause.value) if isinstance(clause.value, bool) else clause.value
+        return qe.FieldCondition(clause.path, match=qe.MatchValue(value))  # type: ignore[arg-type]
+    if isinstance(clause, MatchAny):
+        return qe.FieldCondition(clause.path, match=qe.MatchAny(clause.values))
+    if isinstance(clause, Between):
+        bounds = qe.RangeFloat(gte=clause.gte, gt=clause.gt, lte=clause.lte, lt=clause.lt)
+        return qe.FieldCondition(clause.path, range=bounds)
+    if clause.clauses:
+        return qe.Filter(should=[_condition(c) for c in clause.clauses])
+    return qe.HasIdCondition(set())  # an empty "any of": nothing matches
 
 
 def _floats(vector: Vector) -> list[float]:

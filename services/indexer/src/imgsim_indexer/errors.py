@@ -26,3 +26,19 @@ class StoreConfigError(StoreError):
 
 class NotStartedError(IndexerError):
     """A handler ran before the app's lifespan started what it needs."""
+
+
+class RequestError(IndexerError):
+    """A request the indexer refuses; ``code`` becomes the reply's ``error_code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class BadFilterError(RequestError):
+    """A search filter holds a value the store cannot compare."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bad_request", message)

@@ -1,20 +1,25 @@
-"""The indexer's FastStream router: index vectors, answer searches and status requests.
+"""The indexer's FastStream router: index vectors; answer searches, lookups and status.
 
 - ``index_vectors`` (batch, NACK_ON_ERROR): offsets are committed only after the batch's
   upserts/deletes are durable and its dead letters are acknowledged; any other failure
   makes FastStream seek back and redeliver the batch (point ids are UUIDv5 of the image
   id, so replays overwrite). It reads the raw records, because a tombstone (null value)
-  is a delete.
-- ``search`` and ``status`` are request/reply responders: FastStream publishes the
-  returned model to the request's ``reply_to`` topic with its ``correlation_id``. A
-  search past its deadline is dropped by raising ``AckMessage``, the one way to end a
-  handler without FastStream publishing an empty reply.
+  is a delete. A batch that changed the store then bumps the result-cache generation in
+  Redis (:mod:`imgsim_indexer.cache`; a Redis failure is logged, never fails the batch).
+- ``search``, ``lookup`` and ``status`` are request/reply responders: FastStream
+  publishes the returned model to the request's ``reply_to`` topic with its
+  ``correlation_id``. They take the raw message and validate its body themselves, so a
+  malformed request gets an error reply (``bad_request``) instead of leaving the asker
+  waiting for its timeout. A request past its deadline is dropped by raising
+  ``AckMessage``, the one way to end a handler without FastStream publishing a reply.
+- A search has exactly one of ``vector`` and ``like_image_id``; a search by id uses the
+  stored vector of that image and leaves the image itself out of the hits.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -23,17 +28,24 @@ from faststream.exceptions import AckMessage
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from imgsim_core.contracts import (
+    ImageRecord,
     IndexerStatus,
+    LookupRequested,
     SearchHit,
     SearchReplied,
     StatusRequested,
+    Vector,
     VectorSearchRequested,
     unpack_vector,
 )
 from imgsim_core.kafka import now_ms, produce_all, safe_batch_parser
-from imgsim_indexer.errors import NotStartedError, StoreError
+from imgsim_core.tracing import batch_step
+from imgsim_indexer.cache import bump_generation, generation_key
+from imgsim_indexer.errors import NotStartedError, RequestError, StoreError
 from imgsim_indexer.operations import plan_batch
 from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import VectorStore
@@ -42,19 +54,24 @@ log = logging.getLogger(__name__)
 
 UPSERTED = Counter("imgsim_indexer_points_upserted", "Points upserted into the vector store.")
 DELETED = Counter("imgsim_indexer_points_deleted", "Points deleted from the vector store.")
-DEADLETTERS = Counter("imgsim_indexer_deadletters", "Vector records sent to the dead-letter topic.")
+DEADLETTERS = Counter(
+    "imgsim_indexer_deadletters", "Vector records sent to the dead-letter topic.", ["reason"]
+)
 UPSERT_SECONDS = Histogram(
     "imgsim_indexer_upsert_batch_seconds", "Time to apply one batch of writes to the store."
 )
 SEARCHES = Counter("imgsim_indexer_searches", "Vector searches answered, by outcome.", ["outcome"])
+LOOKUPS = Counter("imgsim_indexer_lookups", "Image lookups answered, by outcome.", ["outcome"])
 
 
 @dataclass(slots=True)
 class IndexerState:
-    """What the handlers use; the app's lifespan opens the store and sets the producer."""
+    """What the handlers use; the app's lifespan opens the store and sets the clients."""
 
     store: VectorStore
     deadletter_producer: AIOKafkaProducer | None = None
+    redis: Redis | None = None  # None: no generation bumps (tests without Redis)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -63,10 +80,18 @@ class IndexerState:
         return self.deadletter_producer
 
 
+def invalid(exc: ValidationError) -> str:
+    """A short reason for a request body that failed validation."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"invalid request ({exc.error_count()} errors), {where}: {first['msg']}"
+
+
 def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
     router = KafkaRouter()
     kafka = settings.kafka
     topics = kafka.topics
+    model_id = settings.model.model_id
 
     @router.subscriber(
         topics.vectors,
@@ -86,16 +111,25 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             raw if isinstance(raw, tuple) else (raw,)
         )
         plan = plan_batch(
-            records, dim=settings.dim, deadletter_topic=topics.deadletter, now=datetime.now(UTC)
+            records,
+            dim=settings.dim,
+            model_id=model_id,
+            deadletter_topic=topics.deadletter,
+            now=datetime.now(UTC),
         )
-        with UPSERT_SECONDS.time():
+        with UPSERT_SECONDS.time(), batch_step("store write", upserts=len(plan.upserts)):
             await state.store.delete(plan.deletes)
             await state.store.upsert(plan.upserts)
         if plan.dead_letters:
             await produce_all(state.producer, plan.dead_letters)
         UPSERTED.inc(len(plan.upserts))
         DELETED.inc(len(plan.deletes))
-        DEADLETTERS.inc(len(plan.dead_letters))
+        for code in plan.dead_letter_codes:
+            DEADLETTERS.labels(code).inc()
+        if state.redis is not None and (plan.upserts or plan.deletes):
+            await bump_generation(
+                state.redis, generation_key(kafka.topic_prefix), timeout_s=settings.redis.timeout_s
+            )
         log.debug(
             "batch of %d: %d upserted, %d deleted, %d dead letters",
             len(records),
@@ -103,6 +137,26 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             len(plan.deletes),
             len(plan.dead_letters),
         )
+
+    async def query_vector(request: VectorSearchRequested) -> tuple[Vector, tuple[str, ...]]:
+        """The vector to search with, and the image ids to leave out."""
+        if (request.vector is None) == (request.like_image_id is None):
+            raise RequestError("bad_request", "give exactly one of vector and like_image_id")
+        if request.like_image_id is not None:
+            stored = await state.store.get_vector(request.like_image_id)
+            if stored is None:
+                raise RequestError("not_found", f"image {request.like_image_id} is not indexed")
+            return stored, (request.like_image_id,)
+        try:
+            vector = unpack_vector(request.vector or "")
+        except ValueError as exc:
+            raise RequestError("bad_vector", "the vector is not base64 of float32") from exc
+        if vector.shape != (settings.dim,):
+            raise RequestError(
+                "wrong_dim",
+                f"the vector has dim {vector.size}, the index holds dim {settings.dim}",
+            )
+        return vector, ()
 
     @router.subscriber(
         topics.searches,
@@ -112,66 +166,109 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         auto_offset_reset="earliest",
         fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
         title="search",
+        description="VectorSearchRequested JSON → SearchReplied (to reply_to).",
     )
-    async def search(request: VectorSearchRequested) -> SearchReplied:
+    async def search(message: KafkaMessage) -> SearchReplied:
+        try:
+            request = VectorSearchRequested.model_validate_json(message.body)
+        except ValidationError as exc:
+            SEARCHES.labels("bad_request").inc()
+            return SearchReplied(error=invalid(exc), error_code="bad_request")
         if request.deadline_ms < now_ms():
             log.debug("dropped a search %d ms past its deadline", now_ms() - request.deadline_ms)
             SEARCHES.labels("expired").inc()
             raise AckMessage()  # no reply: nobody waits for it any more
         try:
-            vector = unpack_vector(request.vector)
-        except ValueError:
-            SEARCHES.labels("bad_request").inc()
-            return SearchReplied(
-                error="the vector is not base64 of float32", error_code="bad_vector"
-            )
-        if vector.shape != (settings.dim,):
-            SEARCHES.labels("bad_request").inc()
-            return SearchReplied(
-                error=f"the vector has dim {vector.size}, the index holds dim {settings.dim}",
-                error_code="wrong_dim",
-            )
-        try:
+            vector, exclude = await query_vector(request)
             hits = await state.store.search(
                 vector,
                 top_k=request.top_k,
                 threshold=request.threshold,
                 with_metadata=request.include_metadata,
+                filter=request.filter,
+                exclude=exclude,
             )
+        except RequestError as exc:
+            SEARCHES.labels(exc.code).inc()
+            return SearchReplied(error=exc.message, error_code=exc.code)
         except StoreError as exc:
             log.warning("search failed: %s", exc)
             SEARCHES.labels("store_error").inc()
             return SearchReplied(error=str(exc), error_code="store_error")
         SEARCHES.labels("ok").inc()
         return SearchReplied(
-            hits=[SearchHit(image_id=h.image_id, score=h.score, metadata=h.metadata) for h in hits]
+            hits=[SearchHit(image_id=h.image_id, score=h.score, metadata=h.metadata) for h in hits],
+            # Echoed so the gateway can cache the embedding the embedder computed.
+            query_vector=request.vector,
+            model_id=request.model_id if request.vector is not None else None,
+        )
+
+    @router.subscriber(
+        topics.lookups,
+        group_id=f"{settings.group_id}-lookup",
+        auto_offset_reset="earliest",  # as for searches: stale ones are dropped
+        fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
+        title="lookup",
+        description="LookupRequested JSON → ImageRecord (to reply_to).",
+    )
+    async def lookup(message: KafkaMessage) -> ImageRecord:
+        try:
+            request = LookupRequested.model_validate_json(message.body)
+        except ValidationError as exc:
+            LOOKUPS.labels("bad_request").inc()
+            return ImageRecord(image_id="", found=False, error=f"bad_request: {invalid(exc)}")
+        if request.deadline_ms < now_ms():
+            LOOKUPS.labels("expired").inc()
+            raise AckMessage()
+        try:
+            stored = await state.store.get(request.image_id)
+        except StoreError as exc:
+            log.warning("lookup failed: %s", exc)
+            LOOKUPS.labels("store_error").inc()
+            return ImageRecord(image_id=request.image_id, found=False, error=str(exc))
+        LOOKUPS.labels("found" if stored else "not_found").inc()
+        if stored is None:
+            return ImageRecord(image_id=request.image_id, found=False)
+        return ImageRecord(
+            image_id=stored.image_id,
+            found=True,
+            model_id=stored.model_id,
+            metadata=stored.metadata,
+            indexed_at=stored.indexed_at,
+            source_partition=stored.source_partition,
+            source_offset=stored.source_offset,
         )
 
     @router.subscriber(
         topics.status,
         group_id=f"{settings.group_id}-status",
-        # earliest: a new group must not miss requests sent while it joins; stale ones
-        # are dropped by their deadline.
-        auto_offset_reset="earliest",
+        auto_offset_reset="earliest",  # as for searches: stale ones are dropped
         fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
         title="status",
+        description="StatusRequested JSON → IndexerStatus (to reply_to).",
     )
-    async def status(request: StatusRequested) -> IndexerStatus:
-        if request.deadline_ms < now_ms():
-            raise AckMessage()
+    async def status(message: KafkaMessage) -> IndexerStatus:
+        error: str | None = None
+        try:
+            request = StatusRequested.model_validate_json(message.body)
+        except ValidationError as exc:
+            error = f"bad_request: {invalid(exc)}"  # the status is still worth answering
+        else:
+            if request.deadline_ms < now_ms():
+                raise AckMessage()
         store = state.store
         try:
-            indexed = await store.count()
+            indexed, ready = await store.count(), True
         except StoreError as exc:
-            return IndexerStatus(
-                ready=False,
-                store=store.name,
-                collection=store.collection,
-                indexed=0,
-                error=str(exc),
-            )
+            indexed, ready, error = 0, False, str(exc)
         return IndexerStatus(
-            ready=True, store=store.name, collection=store.collection, indexed=indexed
+            ready=ready,
+            store=store.name,
+            collection=store.collection,
+            indexed=indexed,
+            model_id=model_id,
+            started_at=state.started_at,
+            error=error,
         )
 
     return router

@@ -5,10 +5,14 @@ without I/O, so every rule is unit-testable:
 
 - key = image id (:func:`imgsim_core.kafka.decode_key`); a null value (tombstone) deletes;
 - any other value must be :class:`~imgsim_core.contracts.ImageEmbedded` JSON whose
-  ``image_id`` equals the key and whose vector has the index's dimension, finite and
+  ``image_id`` equals the key, whose ``model_id`` is the collection's one model (vectors
+  of different models never mix) and whose vector has the index's dimension, finite and
   non-zero (cosine needs a norm);
-- a record that breaks a rule becomes a dead letter ``"<code>: <why>"`` and the rest of
-  the batch goes on;
+- a record that breaks a rule becomes a dead letter ``"<code>: <why>"`` (the codes are
+  also in :attr:`BatchPlan.dead_letter_codes`, for metrics) and the rest of the batch
+  goes on;
+- an upsert keeps the event's ``source_partition``/``source_offset`` (the images-topic
+  record it came from);
 - within one batch the last operation per image id wins (Kafka keeps order per key, and
   records of different keys are independent, so deletes and upserts of one plan can be
   applied in any order).
@@ -37,12 +41,14 @@ class BatchPlan:
     upserts: list[Point] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     dead_letters: list[OutRecord] = field(default_factory=list)
+    dead_letter_codes: list[str] = field(default_factory=list)  # one per dead letter
 
 
 def plan_batch(
     records: Iterable[ConsumerRecord[Any, Any]],
     *,
     dim: int,
+    model_id: str,
     deadletter_topic: str,
     now: datetime,
 ) -> BatchPlan:
@@ -51,11 +57,12 @@ def plan_batch(
     plan = BatchPlan()
     for record in records:
         try:
-            image_id, point = _operation(record, dim=dim, now=now)
+            image_id, point = _operation(record, dim=dim, model_id=model_id, now=now)
         except EventError as exc:
             plan.dead_letters.append(
                 dead_letter_record(deadletter_topic, record, f"{exc.code}: {exc.message}")
             )
+            plan.dead_letter_codes.append(exc.code)
             continue
         last[image_id] = point
     for image_id, op in last.items():
@@ -67,7 +74,7 @@ def plan_batch(
 
 
 def _operation(
-    record: ConsumerRecord[Any, Any], *, dim: int, now: datetime
+    record: ConsumerRecord[Any, Any], *, dim: int, model_id: str, now: datetime
 ) -> tuple[str, Point | None]:
     image_id = decode_key(record.key)
     if record.value is None:
@@ -81,6 +88,11 @@ def _operation(
     if event.image_id != image_id:
         raise EventError(
             "key_mismatch", f"key {image_id!r} differs from the event's {event.image_id!r}"
+        )
+    if event.model_id != model_id:
+        raise EventError(
+            "unknown_model",
+            f"the vector comes from model {event.model_id!r}, the index holds {model_id!r}",
         )
     if event.dim != dim:
         raise EventError("wrong_dim", f"the vector has dim {event.dim}, the index expects {dim}")
@@ -100,4 +112,6 @@ def _operation(
         model_id=event.model_id,
         metadata=event.metadata,
         indexed_at=now,
+        source_partition=event.source_partition,
+        source_offset=event.source_offset,
     )

@@ -15,6 +15,14 @@ Decisions:
   which speaks the same API); an injected client is not closed by :meth:`close`.
 - :meth:`ServerStore._errors` is the one place that turns qdrant-client's errors into
   :class:`~imgsim_indexer.errors.StoreError`.
+- Payload indexes: ``open`` calls ``create_payload_index(collection, "metadata.<key>",
+  field_schema=…, wait=True)`` for each configured key the collection's
+  ``payload_schema`` lacks (or holds with another type). qdrant-client's local mode
+  ignores payload indexes (it warns), filters still work there.
+- Filters render :mod:`imgsim_indexer.filters` clauses as ``models.Filter(must=[...])``
+  of ``FieldCondition`` (``MatchValue`` / ``MatchAny`` / ``Range``), nested
+  ``Filter(should=...)`` for "any of", ``HasIdCondition`` in ``must_not`` for left-out
+  images.
 """
 
 from __future__ import annotations
@@ -22,17 +30,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
+import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
-from imgsim_core.contracts import Vector, point_id
+from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.errors import StoreConfigError, StoreError, StoreNotOpenError
+from imgsim_indexer.filters import Between, Clause, Match, MatchAny, clauses, metadata_path
 from imgsim_indexer.store import (
     IMAGE_ID,
     Hit,
+    PayloadIndexes,
     Point,
     StoredImage,
     hit_from_payload,
@@ -43,6 +54,12 @@ from imgsim_indexer.store import (
 log = logging.getLogger(__name__)
 
 _CLIENT_ERRORS = (ApiException, ValueError, KeyError, OSError, TimeoutError)
+SCHEMA_TYPES = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+}
 
 
 class ServerStore:
@@ -51,11 +68,17 @@ class ServerStore:
     name = "qdrant-server"
 
     def __init__(
-        self, settings: QdrantSettings, dim: int, *, client: AsyncQdrantClient | None = None
+        self,
+        settings: QdrantSettings,
+        dim: int,
+        *,
+        client: AsyncQdrantClient | None = None,
+        payload_indexes: PayloadIndexes | None = None,
     ) -> None:
         self.settings = settings
         self.collection: str = settings.collection
         self.dim = dim
+        self.payload_indexes = dict(payload_indexes or {})
         self.current: str | None = None  # the real collection behind the alias
         self._client = client
         self._owns_client = client is None
@@ -73,6 +96,7 @@ class ServerStore:
         async with self._errors("open"):
             self.current = await self._ensure_collection(self._client)
             await self._check_dim(self._client, self.current)
+            await self._ensure_payload_indexes(self._client, self.current)
         log.info("qdrant collection %s → %s", self.collection, self.current)
 
     async def close(self) -> None:
@@ -120,6 +144,15 @@ class ServerStore:
                 f"qdrant collection {real} has dim={vectors.size}, the indexer expects {self.dim}"
             )
 
+    async def _ensure_payload_indexes(self, client: AsyncQdrantClient, real: str) -> None:
+        existing = (await client.get_collection(real)).payload_schema
+        for key, kind in self.payload_indexes.items():
+            path, schema = metadata_path(key), SCHEMA_TYPES[kind]
+            info = existing.get(path)
+            if info is None or info.data_type != schema:
+                await client.create_payload_index(real, path, field_schema=schema, wait=True)
+                log.info("created qdrant payload index %s (%s) on %s", path, kind, real)
+
     # -- writes --------------------------------------------------------------------------
 
     async def upsert(self, points: Sequence[Point]) -> None:
@@ -144,12 +177,21 @@ class ServerStore:
     # -- reads ---------------------------------------------------------------------------
 
     async def search(
-        self, vector: Vector, *, top_k: int, threshold: float | None, with_metadata: bool
+        self,
+        vector: Vector,
+        *,
+        top_k: int,
+        threshold: float | None,
+        with_metadata: bool,
+        filter: Mapping[str, Condition] | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[Hit]:
+        query_filter = _filter(filter, exclude)
         async with self._errors("search"):
             response = await self._opened().query_points(
                 self.collection,
                 query=vector.tolist(),
+                query_filter=query_filter,
                 limit=top_k,
                 score_threshold=threshold,
                 with_payload=True if with_metadata else [IMAGE_ID],
@@ -173,6 +215,15 @@ class ServerStore:
             return None
         return stored_from_payload(records[0].payload)
 
+    async def get_vector(self, image_id: str) -> Vector | None:
+        async with self._errors("get_vector"):
+            records = await self._opened().retrieve(
+                self.collection, ids=[point_id(image_id)], with_payload=False, with_vectors=True
+            )
+        if not records or not isinstance(records[0].vector, list):
+            return None
+        return np.asarray(records[0].vector, dtype=np.float32)
+
     # -- helpers -------------------------------------------------------------------------
 
     def _opened(self) -> AsyncQdrantClient:
@@ -188,3 +239,28 @@ class ServerStore:
             raise
         except _CLIENT_ERRORS as exc:
             raise StoreError(f"qdrant {operation} failed: {exc}") from exc
+
+
+def _filter(
+    conditions: Mapping[str, Condition] | None, exclude: Sequence[str]
+) -> models.Filter | None:
+    must = [_condition(c) for c in clauses(conditions)]
+    must_not: list[models.Condition] = (
+        [models.HasIdCondition(has_id=[point_id(i) for i in exclude])] if exclude else []
+    )
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def _condition(clause: Clause) -> models.Condition:
+    if isinstance(clause, Match):
+        return models.FieldCondition(key=clause.path, match=models.MatchValue(value=clause.value))
+    if isinstance(clause, MatchAny):
+        return models.FieldCondition(key=clause.path, match=models.MatchAny(any=clause.values))
+    if isinstance(clause, Between):
+        bounds = models.Range(gte=clause.gte, gt=clause.gt, lte=clause.lte, lt=clause.lt)
+        return models.FieldCondition(key=clause.path, range=bounds)
+    if clause.clauses:
+        return models.Filter(should=[_condition(c) for c in clause.clauses])
+    return models.HasIdCondition(has_id=[])  # an empty "any of": nothing matches

@@ -1,15 +1,29 @@
 """The indexer's settings: one pydantic-settings class, env prefix ``INDEXER_``.
 
-Shared groups nest with ``__``, e.g. ``INDEXER_KAFKA__BOOTSTRAP_SERVERS`` or
-``INDEXER_QDRANT__URL`` (set it to use a Qdrant server instead of embedded Qdrant Edge).
+Shared groups nest with ``__``, e.g. ``INDEXER_KAFKA__BOOTSTRAP_SERVERS``,
+``INDEXER_QDRANT__URL`` (set it to use a Qdrant server instead of embedded Qdrant Edge),
+``INDEXER_REDIS__URL`` (the gateway's result cache, whose generation counter the indexer
+bumps) or ``INDEXER_MODEL__WEIGHTS`` (with ``INDEXER_MODEL__NAME`` etc.: the one model
+whose vectors the collection holds). ``INDEXER_PAYLOAD_INDEXES`` is JSON, e.g.
+``'{"tags":"keyword","year":"integer"}'``.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imgsim_core.settings import KafkaSettings, QdrantSettings
+from imgsim_core.contracts import FILTER_KEY_PATTERN
+from imgsim_core.settings import KafkaSettings, ModelSettings, QdrantSettings, RedisSettings
+
+PayloadIndexType = Literal["keyword", "integer", "float", "bool"]
+MetadataKey = Annotated[str, StringConstraints(pattern=FILTER_KEY_PATTERN)]
+
+
+def default_payload_indexes() -> dict[str, PayloadIndexType]:
+    return {"tags": "keyword", "source": "keyword"}
 
 
 class IndexerSettings(BaseSettings):
@@ -17,8 +31,15 @@ class IndexerSettings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     qdrant: QdrantSettings = QdrantSettings()
+    redis: RedisSettings = RedisSettings()
+    model: ModelSettings = ModelSettings()
     group_id: str = "imgsim-indexer"
     dim: int = Field(default=512, gt=0, description="Dimension of the stored vectors.")
+    payload_indexes: dict[MetadataKey, PayloadIndexType] = Field(
+        default_factory=default_payload_indexes,
+        description="Metadata keys to index for filters (payload path metadata.<key>), "
+        "with their type. Filters on other keys work too, unindexed.",
+    )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = no metrics endpoint.")
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"

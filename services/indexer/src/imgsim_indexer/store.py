@@ -8,9 +8,14 @@ Decisions shared by both:
 
 - The point id is :func:`imgsim_core.contracts.point_id` (UUIDv5 of the image id), so a
   redelivered event overwrites, never duplicates.
-- The payload is ``{"image_id", "model_id", "metadata": {...}, "indexed_at": ISO-8601}``;
-  a search always reads ``image_id`` (a UUIDv5 cannot be reversed) and reads the rest only
-  when the caller wants metadata.
+- The payload is ``{"image_id", "model_id", "metadata": {...}, "indexed_at": ISO-8601,
+  "source_partition", "source_offset"}`` (the images-topic record the vector came from,
+  so a writer can wait until its own write is indexed); a search always reads
+  ``image_id`` (a UUIDv5 cannot be reversed) and reads the rest only when the caller
+  wants metadata.
+- Searches take a metadata ``filter`` (see :mod:`imgsim_indexer.filters`) and image ids
+  to leave out; ``open`` creates the payload indexes ``metadata.<key>`` it is given
+  (idempotent, also on an existing collection).
 - Distance is cosine; a search ``threshold`` is the minimum cosine score.
 - ``upsert`` and ``delete`` return once the write is durable, so the caller may commit
   the Kafka offsets of the records it applied.
@@ -21,12 +26,12 @@ Decisions shared by both:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from imgsim_core.contracts import Metadata, Vector
+from imgsim_core.contracts import Condition, Metadata, Vector
 from imgsim_core.settings import QdrantSettings
 
 
@@ -39,6 +44,8 @@ class Point:
     model_id: str
     metadata: Metadata
     indexed_at: datetime
+    source_partition: int | None = None
+    source_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,8 @@ class StoredImage:
     model_id: str
     metadata: Metadata
     indexed_at: datetime
+    source_partition: int | None = None
+    source_offset: int | None = None
 
 
 class VectorStore(Protocol):
@@ -78,13 +87,28 @@ class VectorStore(Protocol):
         """Delete points by image id (missing ids are fine); durable when it returns."""
 
     async def search(
-        self, vector: Vector, *, top_k: int, threshold: float | None, with_metadata: bool
+        self,
+        vector: Vector,
+        *,
+        top_k: int,
+        threshold: float | None,
+        with_metadata: bool,
+        filter: Mapping[str, Condition] | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[Hit]:
-        """The ``top_k`` nearest points by cosine score, best first, score ≥ ``threshold``."""
+        """The ``top_k`` nearest points by cosine score, best first, score ≥ ``threshold``.
+
+        Only points whose metadata meets every condition of ``filter``, and none of the
+        image ids in ``exclude``. A filter value the store cannot compare raises
+        :class:`~imgsim_indexer.errors.BadFilterError`.
+        """
 
     async def count(self) -> int: ...
 
     async def get(self, image_id: str) -> StoredImage | None: ...
+
+    async def get_vector(self, image_id: str) -> Vector | None:
+        """The stored vector of an image, or None when it is not indexed."""
 
 
 # The payload's field names (also the names a payload index or filter would use).
@@ -92,6 +116,8 @@ IMAGE_ID = "image_id"
 MODEL_ID = "model_id"
 METADATA = "metadata"
 INDEXED_AT = "indexed_at"
+SOURCE_PARTITION = "source_partition"
+SOURCE_OFFSET = "source_offset"
 
 
 def to_payload(point: Point) -> dict[str, Any]:
@@ -100,6 +126,8 @@ def to_payload(point: Point) -> dict[str, Any]:
         MODEL_ID: point.model_id,
         METADATA: point.metadata,
         INDEXED_AT: point.indexed_at.isoformat(),
+        SOURCE_PARTITION: point.source_partition,
+        SOURCE_OFFSET: point.source_offset,
     }
 
 
@@ -109,6 +137,8 @@ def stored_from_payload(payload: dict[str, Any]) -> StoredImage:
         model_id=payload[MODEL_ID],
         metadata=payload.get(METADATA) or {},
         indexed_at=datetime.fromisoformat(payload[INDEXED_AT]),
+        source_partition=payload.get(SOURCE_PARTITION),
+        source_offset=payload.get(SOURCE_OFFSET),
     )
 
 
@@ -117,7 +147,12 @@ def hit_from_payload(payload: dict[str, Any], score: float, *, with_metadata: bo
     return Hit(image_id=payload[IMAGE_ID], score=float(score), metadata=metadata)
 
 
-def open_store(settings: QdrantSettings, dim: int) -> VectorStore:
+PayloadIndexes = Mapping[str, str]  # metadata key → "keyword" | "integer" | "float" | "bool"
+
+
+def open_store(
+    settings: QdrantSettings, dim: int, payload_indexes: PayloadIndexes | None = None
+) -> VectorStore:
     """The server store when ``settings.url`` is set, else Qdrant Edge at ``settings.path``.
 
     Nothing is opened yet: call ``await store.open()`` (the app's lifespan does).
@@ -126,7 +161,7 @@ def open_store(settings: QdrantSettings, dim: int) -> VectorStore:
     if settings.url:
         from imgsim_indexer.server_store import ServerStore
 
-        return ServerStore(settings, dim)
+        return ServerStore(settings, dim, payload_indexes=payload_indexes)
     from imgsim_indexer.edge_store import EdgeStore
 
-    return EdgeStore(settings, dim)
+    return EdgeStore(settings, dim, payload_indexes=payload_indexes)

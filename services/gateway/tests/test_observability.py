@@ -1,0 +1,33 @@
+"""The gateway's /metrics: request count and latency by route template and status."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client import REGISTRY
+
+from imgsim_gateway.app import create_app
+from imgsim_gateway.settings import GatewaySettings
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_requests_are_counted_by_route_template() -> None:
+    app = create_app(GatewaySettings())  # no lifespan: only routes that need no Kafka
+    health = {"method": "GET", "route": "/api/v1/health", "status": "200"}
+    unmatched = {"method": "GET", "route": "<unmatched>", "status": "404"}
+    before = sample("imgsim_gateway_requests_total", **health)
+    before_404 = sample("imgsim_gateway_requests_total", **unmatched)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        assert (await client.get("/api/v1/health")).status_code == 200
+        assert (await client.get("/no/such/path/12345")).status_code == 404
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert sample("imgsim_gateway_requests_total", **health) == before + 1
+    assert sample("imgsim_gateway_requests_total", **unmatched) == before_404 + 1
+    assert sample("imgsim_gateway_request_duration_seconds_count", **health) >= 1
+    text = response.text
+    assert 'imgsim_gateway_requests_total{method="GET",route="/api/v1/health",status="200"}' in text
+    assert "imgsim_gateway_cache_hits_total" in text or "imgsim_gateway_cache_hits" in text

@@ -1,0 +1,92 @@
+"""The result-cache generation: bumped after each batch that wrote, never failing one.
+
+The tests that need a real ``redis-server`` start one on a free port and are skipped
+where it is not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from indexer_samples import DIM, MODEL, make_point, unit_vector
+from redis.asyncio import Redis
+
+from imgsim_core.contracts import ImageEmbedded, pack_vector
+from imgsim_core.settings import QdrantSettings, RedisSettings
+from imgsim_devstack.processes import RedisServer, free_port
+from imgsim_indexer.cache import bump_generation, generation_key, make_redis
+from imgsim_indexer.edge_store import EdgeStore
+from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.settings import IndexerSettings
+
+SETTINGS = IndexerSettings(dim=DIM, model=MODEL)
+KEY = generation_key(SETTINGS.kafka.topic_prefix)
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    base = tmp_path_factory.mktemp("redis")
+    server = RedisServer("redis", base / "redis.log", data_dir=base, port=free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = make_redis(RedisSettings(url=redis_url))
+    await client.delete(KEY)
+    yield client
+    await client.aclose()
+
+
+async def test_unreachable_redis_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    client = make_redis(RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2))
+
+    assert await bump_generation(client, KEY, timeout_s=0.2) is None
+
+    await client.aclose()
+    assert "could not bump the result-cache generation" in caplog.text
+
+
+@needs_redis
+async def test_bump_increments(redis: Redis) -> None:
+    assert await bump_generation(redis, KEY, timeout_s=1) == 1
+    assert await bump_generation(redis, KEY, timeout_s=1) == 2
+    assert await redis.get(KEY) == b"2"
+
+
+@needs_redis
+async def test_a_batch_that_writes_bumps_the_generation(redis: Redis, tmp_path: Path) -> None:
+    store = EdgeStore(QdrantSettings(path=tmp_path), DIM)
+    await store.open()
+    broker = KafkaBroker()
+    broker.include_router(build_router(SETTINGS, IndexerState(store=store, redis=redis)))
+    event = ImageEmbedded(
+        image_id="new",
+        model_id=MODEL.model_id,
+        dim=DIM,
+        vector=pack_vector(unit_vector(1)),
+        embedded_at=make_point("x", 0).indexed_at,
+    )
+    try:
+        async with TestKafkaBroker(broker) as test_broker:
+            await test_broker.publish(
+                event.model_dump_json(), SETTINGS.kafka.topics.vectors, key=b"new"
+            )
+            assert await redis.get(KEY) == b"1"
+
+            await test_broker.publish(None, SETTINGS.kafka.topics.vectors, key=b"new")  # delete
+            assert await redis.get(KEY) == b"2"
+            assert await store.count() == 0
+    finally:
+        await store.close()
