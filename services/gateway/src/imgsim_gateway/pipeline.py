@@ -19,7 +19,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -30,6 +30,8 @@ from imgsim_core.contracts import (
     IndexerStatus,
     LookupRequested,
     Metadata,
+    ReindexRequested,
+    ReindexStatus,
     SearchHit,
     SearchReplied,
     SearchRequested,
@@ -226,6 +228,14 @@ class Pipeline:
         request = StatusRequested(deadline_ms=now_ms() + int(timeout * 1000))
         status = await self._ask(self.topics.status, request, timeout, IndexerStatus)
         self._status = (time.monotonic(), status)
+        return status
+
+    async def reindex(self, action: Literal["start", "status", "drop_old"]) -> ReindexStatus:
+        timeout = self.settings.status_timeout_s * 3  # opening a collection takes a moment
+        request = ReindexRequested(action=action, deadline_ms=now_ms() + int(timeout * 1000))
+        status = await self._ask(self.topics.admin, request, timeout, ReindexStatus)
+        if status.error is not None and status.error.startswith("bad_request"):
+            raise BadRequestError(status.error)
         return status
 
     async def model_id(self) -> str | None:

@@ -13,7 +13,7 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imgsim_core.contracts import SearchHit
+from imgsim_core.contracts import ReindexStatus, SearchHit
 from imgsim_gateway.errors import BadRequestError, GatewayError, NotFoundError
 from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.pipeline import Pipeline, decode_base64
@@ -235,6 +235,32 @@ async def stats(request: Request, pipe: PipelineDep) -> Stats:
         uptime_s=round(time.monotonic() - request.app.state.started, 1),
         cache={name: {"hits": c.hits, "misses": c.misses} for name, c in pipe.cache.counts.items()},
     )
+
+
+@router.post(
+    "/admin/reindex", status_code=http.HTTP_202_ACCEPTED, response_model=ReindexStatus,
+    responses=_errors(503, 504), tags=["admin"],
+    summary="Rebuild the index into a new collection and switch to it when caught up",
+)  # fmt: skip
+async def start_reindex(pipe: PipelineDep) -> ReindexStatus:
+    """Searches keep being served from the current collection until the switch."""
+    return await pipe.reindex("start")
+
+
+@router.get(
+    "/admin/reindex", response_model=ReindexStatus, responses=_errors(503, 504), tags=["admin"],
+    summary="Progress of the reindex: processed, total, rate, ETA",
+)  # fmt: skip
+async def reindex_status(pipe: PipelineDep) -> ReindexStatus:
+    return await pipe.reindex("status")
+
+
+@router.post(
+    "/admin/reindex/drop-old", response_model=ReindexStatus, responses=_errors(503, 504),
+    tags=["admin"], summary="Drop the collections the alias no longer points at",
+)  # fmt: skip
+async def drop_old_collections(pipe: PipelineDep) -> ReindexStatus:
+    return await pipe.reindex("drop_old")
 
 
 @open_router.get("/health", response_model=Health, summary="Liveness")

@@ -23,6 +23,7 @@ from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_indexer.cache import make_redis
 from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.reindex import Reindexer
 from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import open_store
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: IndexerSettings) -> FastStream:
     state = IndexerState(store=open_store(settings.qdrant, settings.dim, settings.payload_indexes))
+    reindexer = state.reindexer = Reindexer(settings, state)
     broker = KafkaBroker(settings.kafka.bootstrap_servers, middlewares=kafka_middlewares())
     broker.include_router(build_router(settings, state))
     lag = ConsumerLag(broker)
@@ -61,6 +63,7 @@ def create_app(settings: IndexerSettings) -> FastStream:
                 await redis.aclose()
                 await producer.stop()
         finally:
+            await reindexer.stop()
             await state.store.close()
 
     app = FastStream(broker, lifespan=lifespan)

@@ -9,7 +9,7 @@ Decisions:
 - Layout: ``<path>/<collection>/CURRENT`` names the real shard directory
   (``<collection>_v1`` on first open), which sits beside it. CURRENT is the Edge
   counterpart of the server's alias: a reindex can build ``<collection>_v2`` next to it
-  and switch by replacing CURRENT atomically (not implemented yet).
+  and switch by replacing CURRENT atomically (:mod:`imgsim_indexer.reindex`).
 - Durability: the shard keeps its write-ahead log (the default), so an update survives a
   process crash once ``update()`` returns; on top of that every ``upsert``/``delete``
   calls ``flush()`` before returning, which writes the segments to disk (~5 ms per
@@ -35,6 +35,7 @@ import asyncio
 import functools
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,9 +77,15 @@ class EdgeStore:
     name = "qdrant-edge"
 
     def __init__(
-        self, settings: QdrantSettings, dim: int, *, payload_indexes: PayloadIndexes | None = None
+        self,
+        settings: QdrantSettings,
+        dim: int,
+        *,
+        payload_indexes: PayloadIndexes | None = None,
+        physical: str | None = None,
     ) -> None:
         self.collection: str = settings.collection
+        self.physical = physical  # open this shard instead of the one CURRENT names
         self.dim = dim
         self.payload_indexes = dict(payload_indexes or {})
         self.root = Path(settings.path) / settings.collection
@@ -197,7 +204,9 @@ class EdgeStore:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         pointer = self.root / CURRENT_FILE
-        current = pointer.read_text().strip() if pointer.exists() else f"{self.collection}_v1"
+        current = self.physical or (
+            pointer.read_text().strip() if pointer.exists() else f"{self.collection}_v1"
+        )
         shard_path = self.root / current
         if shard_path.is_dir() and any(shard_path.iterdir()):
             try:
@@ -213,6 +222,27 @@ class EdgeStore:
             _write_atomically(pointer, current)
         self.current = current
         self._ensure_payload_indexes(self._shard)
+
+    # -- collections (the alias) ----------------------------------------------------------
+
+    async def collections(self) -> list[str]:
+        """The shards of this collection on disk, oldest first."""
+        prefix = f"{self.collection}_v"
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith(prefix)]
+        return sorted(names, key=_version)
+
+    async def aliased(self) -> str | None:
+        pointer = self.root / CURRENT_FILE
+        return pointer.read_text().strip() if pointer.exists() else None
+
+    async def switch_alias(self, physical: str) -> None:
+        """Point CURRENT at ``physical`` atomically (readers see the old or the new name)."""
+        await asyncio.to_thread(_write_atomically, self.root / CURRENT_FILE, physical)
+
+    async def drop_collection(self, physical: str) -> None:
+        if physical in {self.current, await self.aliased()}:
+            raise StoreError(f"{physical} is in use and cannot be dropped")
+        await asyncio.to_thread(shutil.rmtree, self.root / physical)
 
     def _ensure_payload_indexes(self, shard: qe.EdgeShard) -> None:
         existing = {name: info.data_type for name, info in shard.info().payload_schema.items()}
@@ -262,6 +292,11 @@ def _condition(clause: Clause) -> qe.ConditionType:
 def _floats(vector: Vector) -> list[float]:
     values: list[float] = np.asarray(vector, dtype=np.float32).tolist()
     return values
+
+
+def _version(name: str) -> int:
+    tail = name.rsplit("_v", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _write_atomically(path: Path, text: str) -> None:

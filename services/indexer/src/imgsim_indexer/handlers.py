@@ -18,11 +18,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from faststream import AckPolicy
 from faststream.exceptions import AckMessage
 from faststream.kafka import KafkaRouter
@@ -35,6 +37,8 @@ from imgsim_core.contracts import (
     ImageRecord,
     IndexerStatus,
     LookupRequested,
+    ReindexRequested,
+    ReindexStatus,
     SearchHit,
     SearchReplied,
     StatusRequested,
@@ -47,6 +51,7 @@ from imgsim_core.tracing import batch_step
 from imgsim_indexer.cache import bump_generation, generation_key
 from imgsim_indexer.errors import NotStartedError, RequestError, StoreError
 from imgsim_indexer.operations import plan_batch
+from imgsim_indexer.reindex import Reindexer
 from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import VectorStore
 
@@ -68,10 +73,18 @@ LOOKUPS = Counter("imgsim_indexer_lookups", "Image lookups answered, by outcome.
 class IndexerState:
     """What the handlers use; the app's lifespan opens the store and sets the clients."""
 
-    store: VectorStore
+    store: VectorStore  # replaced by a reindex when it switches the alias
     deadletter_producer: AIOKafkaProducer | None = None
     redis: Redis | None = None  # None: no generation bumps (tests without Redis)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one live batch at a time
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    reindexer: Reindexer | None = None
+
+    def applied(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            self.positions[tp] = max(self.positions.get(tp, 0), record.offset + 1)
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -117,9 +130,11 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             deadletter_topic=topics.deadletter,
             now=datetime.now(UTC),
         )
-        with UPSERT_SECONDS.time(), batch_step("store write", upserts=len(plan.upserts)):
-            await state.store.delete(plan.deletes)
-            await state.store.upsert(plan.upserts)
+        async with state.lock:  # a reindex switches the alias between two batches only
+            with UPSERT_SECONDS.time(), batch_step("store write", upserts=len(plan.upserts)):
+                await state.store.delete(plan.deletes)
+                await state.store.upsert(plan.upserts)
+            state.applied(records)
         if plan.dead_letters:
             await produce_all(state.producer, plan.dead_letters)
         UPSERTED.inc(len(plan.upserts))
@@ -270,5 +285,35 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             started_at=state.started_at,
             error=error,
         )
+
+    @router.subscriber(
+        topics.admin,
+        group_id=f"{settings.group_id}-admin",
+        auto_offset_reset="earliest",  # as for searches: stale ones are dropped
+        fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
+        title="admin",
+        description="ReindexRequested JSON (start, status, drop_old) → ReindexStatus.",
+    )
+    async def admin(message: KafkaMessage) -> ReindexStatus:
+        store = state.store
+        try:
+            request = ReindexRequested.model_validate_json(message.body)
+        except ValidationError as exc:
+            return ReindexStatus(
+                state="failed", collection=store.collection, error=f"bad_request: {invalid(exc)}"
+            )
+        if request.deadline_ms < now_ms():
+            raise AckMessage()
+        if state.reindexer is None:
+            raise NotStartedError("the reindexer is not started")
+        try:
+            if request.action == "start":
+                return await state.reindexer.start()
+            if request.action == "drop_old":
+                return await state.reindexer.drop_old()
+            return await state.reindexer.status()
+        except StoreError as exc:
+            log.warning("reindex %s failed: %s", request.action, exc)
+            return ReindexStatus(state="failed", collection=store.collection, error=str(exc))
 
     return router

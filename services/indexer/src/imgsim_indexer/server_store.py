@@ -74,8 +74,10 @@ class ServerStore:
         *,
         client: AsyncQdrantClient | None = None,
         payload_indexes: PayloadIndexes | None = None,
+        physical: str | None = None,
     ) -> None:
         self.settings = settings
+        self.physical = physical  # open this collection instead of the alias's
         self.collection: str = settings.collection
         self.dim = dim
         self.payload_indexes = dict(payload_indexes or {})
@@ -94,7 +96,11 @@ class ServerStore:
                 timeout=max(1, math.ceil(self.settings.timeout_s)),
             )
         async with self._errors("open"):
-            self.current = await self._ensure_collection(self._client)
+            if self.physical is not None:
+                await self._create(self._client, self.physical)
+                self.current = self.physical
+            else:
+                self.current = await self._ensure_collection(self._client)
             await self._check_dim(self._client, self.current)
             await self._ensure_payload_indexes(self._client, self.current)
         log.info("qdrant collection %s → %s", self.collection, self.current)
@@ -115,16 +121,7 @@ class ServerStore:
             return self.collection
         real = f"{self.collection}_v1"
         if real not in existing:
-            with contextlib.suppress(UnexpectedResponse):  # another indexer created it first
-                await client.create_collection(
-                    real,
-                    vectors_config=models.VectorParams(
-                        size=self.dim, distance=models.Distance.COSINE
-                    ),
-                    shard_number=self.settings.shards,
-                    replication_factor=self.settings.replicas,
-                )
-                log.info("created qdrant collection %s (dim=%d, cosine)", real, self.dim)
+            await self._create(client, real)
         with contextlib.suppress(UnexpectedResponse):  # the alias may have appeared meanwhile
             await client.update_collection_aliases(
                 change_aliases_operations=[
@@ -136,6 +133,63 @@ class ServerStore:
                 ]
             )
         return real
+
+    async def _create(self, client: AsyncQdrantClient, real: str) -> None:
+        if await client.collection_exists(real):
+            return
+        with contextlib.suppress(UnexpectedResponse):  # another indexer created it first
+            await client.create_collection(
+                real,
+                vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+                shard_number=self.settings.shards,
+                replication_factor=self.settings.replicas,
+            )
+            log.info("created qdrant collection %s (dim=%d, cosine)", real, self.dim)
+
+    # -- collections (the alias) ----------------------------------------------------------
+
+    async def collections(self) -> list[str]:
+        """The real collections behind this alias's name, oldest first."""
+        prefix = f"{self.collection}_v"
+        async with self._errors("list collections"):
+            names = [
+                c.name
+                for c in (await self._opened().get_collections()).collections
+                if c.name.startswith(prefix)
+            ]
+        return sorted(names, key=lambda n: int(n.rsplit("_v", 1)[-1] or 0))
+
+    async def aliased(self) -> str | None:
+        async with self._errors("get aliases"):
+            for alias in (await self._opened().get_aliases()).aliases:
+                if alias.alias_name == self.collection:
+                    return str(alias.collection_name)
+        return None
+
+    async def switch_alias(self, physical: str) -> None:
+        """Move the alias to ``physical`` in one atomic operation."""
+        operations: list[models.AliasOperations] = []
+        if await self.aliased() is not None:
+            operations.append(
+                models.DeleteAliasOperation(
+                    delete_alias=models.DeleteAlias(alias_name=self.collection)
+                )
+            )
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(
+                    collection_name=physical, alias_name=self.collection
+                )
+            )
+        )
+        async with self._errors("switch alias"):
+            await self._opened().update_collection_aliases(change_aliases_operations=operations)
+
+    async def drop_collection(self, physical: str) -> None:
+        if physical in {self.current, await self.aliased()}:
+            raise StoreError(f"{physical} is in use and cannot be dropped")
+        async with self._errors("drop collection"):
+            await self._opened().delete_collection(physical)
 
     async def _check_dim(self, client: AsyncQdrantClient, real: str) -> None:
         vectors = (await client.get_collection(real)).config.params.vectors

@@ -40,6 +40,12 @@ class IndexerSettings(BaseSettings):
         description="Metadata keys to index for filters (payload path metadata.<key>), "
         "with their type. Filters on other keys work too, unindexed.",
     )
+    reindex_retention_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Drop the old collection this long after a reindex switched; "
+        "unset = keep it until `imgsim reindex --drop-old`.",
+    )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = no metrics endpoint.")
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"

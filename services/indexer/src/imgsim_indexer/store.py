@@ -74,6 +74,7 @@ class VectorStore(Protocol):
 
     name: str  # "qdrant-edge" or "qdrant-server"
     collection: str  # the name searches and writes go through (alias or pointer)
+    current: str | None  # the real collection this store has open
 
     async def open(self) -> None:
         """Connect or load; create the collection (cosine, ``dim``) when it is missing."""
@@ -106,6 +107,22 @@ class VectorStore(Protocol):
     async def count(self) -> int: ...
 
     async def get(self, image_id: str) -> StoredImage | None: ...
+
+    async def collections(self) -> list[str]:
+        """The real collections of this store's name, oldest first."""
+        ...
+
+    async def aliased(self) -> str | None:
+        """The real collection the alias (Edge: CURRENT) points at."""
+        ...
+
+    async def switch_alias(self, physical: str) -> None:
+        """Point the alias at ``physical`` atomically."""
+        ...
+
+    async def drop_collection(self, physical: str) -> None:
+        """Remove a real collection that the alias does not point at."""
+        ...
 
     async def get_vector(self, image_id: str) -> Vector | None:
         """The stored vector of an image, or None when it is not indexed."""
@@ -151,7 +168,11 @@ PayloadIndexes = Mapping[str, str]  # metadata key → "keyword" | "integer" | "
 
 
 def open_store(
-    settings: QdrantSettings, dim: int, payload_indexes: PayloadIndexes | None = None
+    settings: QdrantSettings,
+    dim: int,
+    payload_indexes: PayloadIndexes | None = None,
+    *,
+    physical: str | None = None,
 ) -> VectorStore:
     """The server store when ``settings.url`` is set, else Qdrant Edge at ``settings.path``.
 
@@ -161,7 +182,7 @@ def open_store(
     if settings.url:
         from imgsim_indexer.server_store import ServerStore
 
-        return ServerStore(settings, dim, payload_indexes=payload_indexes)
+        return ServerStore(settings, dim, payload_indexes=payload_indexes, physical=physical)
     from imgsim_indexer.edge_store import EdgeStore
 
-    return EdgeStore(settings, dim, payload_indexes=payload_indexes)
+    return EdgeStore(settings, dim, payload_indexes=payload_indexes, physical=physical)

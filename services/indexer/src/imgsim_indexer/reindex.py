@@ -1,0 +1,249 @@
+"""Zero-downtime reindex: build a new collection from the compacted vectors topic, then
+switch the alias to it.
+
+How it works:
+
+1. ``start`` opens a new real collection ``<collection>_v<N+1>`` beside the current one
+   and snapshots the vectors topic's end offsets (the ``total`` to replay).
+2. A replay consumer in its own consumer group (``<group>-reindex-<target>``) reads the
+   vectors topic from the earliest offset and applies every record to the new
+   collection with the same pure planning as live indexing (:func:`plan_batch`; records
+   that break the contract are skipped here — the live consumer already dead-lettered
+   them). It does not stop at the snapshot: it keeps following the topic, so live writes
+   reach the new collection too, **in log order**. (Writing live batches to both
+   collections from the live consumer instead could apply an image's older update after
+   its newer one, since the two consumers run at different offsets.)
+3. Searches keep being served from the current collection throughout.
+4. Once the replay has passed the snapshot, it takes the live consumer's write lock and
+   checks that it has read at least as far as the live consumer has written on every
+   partition; then it moves the alias (Edge: the CURRENT pointer; server: one atomic
+   alias operation) and hands the new collection to the live handlers. The live consumer
+   may then re-apply a few records the replay already applied — in the same order, so
+   the result is the same.
+5. The old collection is kept until ``drop_old`` (``imgsim reindex --drop-old``) or
+   until ``INDEXER_REINDEX_RETENTION_S`` has passed after the switch.
+
+Scope: the vectors path, i.e. the model is unchanged and nothing is re-embedded. One
+indexer instance runs a reindex over the partitions it consumes; with the embedded store
+there is exactly one instance, which consumes them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from imgsim_core.contracts import ReindexStatus
+from imgsim_indexer.errors import StoreError
+from imgsim_indexer.operations import plan_batch
+from imgsim_indexer.settings import IndexerSettings
+from imgsim_indexer.store import VectorStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+class LiveIndex(Protocol):
+    """What the live vectors handler shares with a reindex."""
+
+    store: VectorStore  # the collection searches and live writes go to
+    lock: asyncio.Lock  # held by the live handler while it applies a batch
+    positions: dict[TopicPartition, int]  # next offset after what it applied, per partition
+
+
+class Reindexer:
+    def __init__(self, settings: IndexerSettings, live: LiveIndex) -> None:
+        self.settings = settings
+        self.live = live
+        self._task: asyncio.Task[None] | None = None
+        self._dropper: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._status = ReindexStatus(state="idle", collection="")
+        self._started = 0.0
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def status(self) -> ReindexStatus:
+        store = self.live.store
+        current = await store.aliased() or store.collection
+        old = [c for c in await store.collections() if c not in {current, self._status.target}]
+        processed, total = self._status.processed, self._status.total
+        elapsed = time.monotonic() - self._started if self._started else 0.0
+        rate = processed / elapsed if elapsed > 0 else 0.0
+        remaining = max(0, total - processed)
+        eta = remaining / rate if rate > 0 and self._status.state == "running" else None
+        return self._status.model_copy(
+            update={
+                "collection": current,
+                "old_collections": old,
+                "rate_per_s": round(rate, 1),
+                "eta_s": round(eta, 1) if eta is not None else None,
+                "dropped": [],
+            }
+        )
+
+    async def start(self) -> ReindexStatus:
+        if self._task is not None and not self._task.done():
+            return await self.status()
+        store = self.live.store
+        existing = await store.collections()
+        current = await store.aliased() or store.collection
+        version = max([_version(c) for c in [*existing, current]] + [0]) + 1
+        target_name = f"{self.settings.qdrant.collection}_v{version}"
+        target = open_store(
+            self.settings.qdrant,
+            self.settings.dim,
+            self.settings.payload_indexes,
+            physical=target_name,
+        )
+        await target.open()
+        self._started = time.monotonic()
+        self._status = ReindexStatus(
+            state="running",
+            collection=current,
+            target=target_name,
+            source_topic=self.settings.kafka.topics.vectors,
+            started_at=datetime.now(UTC),
+        )
+        self._task = asyncio.create_task(self._run(target), name=f"reindex-{target_name}")
+        log.info("reindex started: %s → %s", current, target_name)
+        return await self.status()
+
+    async def drop_old(self) -> ReindexStatus:
+        store = self.live.store
+        current = await store.aliased() or store.collection
+        keep = {current, store.current, self._status.target if self._running else None}
+        dropped = []
+        for name in await store.collections():
+            if name not in keep:
+                await store.drop_collection(name)
+                dropped.append(name)
+                log.info("dropped old collection %s", name)
+        return (await self.status()).model_copy(update={"dropped": dropped})
+
+    async def stop(self) -> None:
+        for task in (self._task, self._dropper, self._closer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    @property
+    def _running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # -- the replay -----------------------------------------------------------------------
+
+    async def _run(self, target: VectorStore) -> None:
+        switched = False
+        try:
+            switched = await self._replay(target)
+        except asyncio.CancelledError:
+            self._fail("cancelled")
+            raise
+        except Exception as exc:  # a failed reindex must leave the live index untouched
+            log.exception("reindex into %s failed", target.current)
+            self._fail(str(exc))
+        finally:
+            if not switched:
+                await target.close()
+
+    def _fail(self, error: str) -> None:
+        self._status = self._status.model_copy(
+            update={"state": "failed", "error": error, "finished_at": datetime.now(UTC)}
+        )
+
+    async def _replay(self, target: VectorStore) -> bool:
+        settings = self.settings
+        topic = settings.kafka.topics.vectors
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            group_id=f"{settings.group_id}-reindex-{target.current}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if not partitions:
+                partitions = await _partitions(consumer, topic)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            begins = await consumer.beginning_offsets(partitions)
+            ends = await consumer.end_offsets(partitions)
+            self._set(total=sum(ends[p] - begins[p] for p in partitions))
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                for records in batches.values():
+                    plan = plan_batch(
+                        records,
+                        dim=settings.dim,
+                        model_id=settings.model.model_id,
+                        deadletter_topic=settings.kafka.topics.deadletter,
+                        now=datetime.now(UTC),
+                    )
+                    await target.delete(plan.deletes)
+                    await target.upsert(plan.upserts)
+                    self._set(processed=self._status.processed + len(records))
+                if batches:
+                    await consumer.commit()
+                positions = {p: await consumer.position(p) for p in partitions}
+                if all(positions[p] >= ends[p] for p in partitions) and await self._switch(
+                    target, positions
+                ):
+                    return True
+        finally:
+            await consumer.stop()
+
+    async def _switch(self, target: VectorStore, positions: dict[TopicPartition, int]) -> bool:
+        """Move the alias if the replay is as far as the live writes; else keep replaying."""
+        async with self.live.lock:
+            behind = [p for p, live in self.live.positions.items() if positions.get(p, 0) < live]
+            if behind:
+                return False
+            assert target.current is not None
+            self._set(state="switching")
+            await target.switch_alias(target.current)
+            old, self.live.store = self.live.store, target
+        # Searches that picked up the old store just before the switch may still run on it.
+        self._closer = asyncio.create_task(_close_later(old, 5.0))
+        self._set(state="done", finished_at=datetime.now(UTC))
+        log.info("reindex done: alias %s → %s", target.collection, target.current)
+        retention = self.settings.reindex_retention_s
+        if retention is not None:
+            self._dropper = asyncio.create_task(self._drop_later(retention))
+        return True
+
+    async def _drop_later(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        try:
+            await self.drop_old()
+        except StoreError:
+            log.exception("dropping old collections after retention failed")
+
+    def _set(self, **changes: object) -> None:
+        self._status = self._status.model_copy(update=changes)
+
+
+async def _close_later(store: VectorStore, after_s: float) -> None:
+    try:
+        await asyncio.sleep(after_s)
+    finally:
+        await store.close()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    await consumer._client.force_metadata_update()
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+
+def _version(name: str) -> int:
+    tail = name.rsplit("_v", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

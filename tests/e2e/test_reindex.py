@@ -1,0 +1,147 @@
+"""Zero-downtime reindex and rebuild-from-nothing on the three services, real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imgsim_devstack.processes import ServiceProcess, free_port
+from imgsim_devstack.stack import READY_MARKER, StackConfig, start_services
+from imgsim_embedder.testimages import distinct_image
+from tests.conftest import Services
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
+
+
+@dataclass
+class Stack:
+    url: str
+    services: list[ServiceProcess]
+    data_dir: Path
+
+
+@pytest.fixture
+def stack(infra: Services, tmp_path: Path) -> Iterator[Stack]:
+    config = StackConfig(
+        data_dir=tmp_path, gateway_port=free_port(), topic_prefix=f"r{uuid.uuid4().hex[:8]}.",
+        partitions=3,
+    )  # fmt: skip
+    services = start_services(config, infra.bootstrap, infra.redis_url)
+    try:
+        yield Stack(f"http://127.0.0.1:{config.gateway_port}", services, tmp_path)
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as c:
+        yield c
+
+
+def b64(n: int) -> str:
+    return base64.b64encode(distinct_image(n)[0]).decode()
+
+
+async def index_many(client: httpx.AsyncClient, numbers: range) -> None:
+    items = [{"image_data": b64(n), "image_id": f"img-{n}"} for n in numbers]
+    response = await client.post("/api/v1/index/batch?wait=true", json={"items": items})
+    assert response.status_code == 202, response.text
+    assert response.json()["rejected"] == 0
+
+
+async def test_reindex_switches_with_zero_failed_searches(client: httpx.AsyncClient) -> None:
+    await index_many(client, range(20))
+    stop = asyncio.Event()
+    outcomes: list[int] = []
+
+    async def search_continuously(worker: int) -> None:
+        n = 0
+        while not stop.is_set():
+            response = await client.post(
+                "/api/v1/search", json={"image_data": b64((worker * 7 + n) % 20), "top_k": 3}
+            )
+            outcomes.append(response.status_code)
+            n += 1
+
+    searchers = [asyncio.create_task(search_continuously(w)) for w in range(2)]
+    try:
+        started = await client.post("/api/v1/admin/reindex")
+        assert started.status_code == 202, started.text
+        assert started.json()["state"] == "running"
+        assert started.json()["target"].endswith("_v2")
+        # Live traffic during the reindex: new images and a delete.
+        await index_many(client, range(20, 25))
+        deleted = await client.delete("/api/v1/images/img-3?wait=true")
+        assert deleted.status_code == 202
+        deadline = time.monotonic() + 120
+        while True:
+            status = (await client.get("/api/v1/admin/reindex")).json()
+            assert status["state"] != "failed", status
+            if status["state"] == "done":
+                break
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)  # searches on the new collection too
+    finally:
+        stop.set()
+        await asyncio.gather(*searchers)
+
+    assert len(outcomes) > 10
+    assert [code for code in outcomes if code != 200] == []
+    assert status["collection"].endswith("_v2")
+    assert status["processed"] >= status["total"] > 0
+    assert status["old_collections"] == [status["collection"].replace("_v2", "_v1")]
+    stats = (await client.get("/api/v1/stats")).json()
+    assert stats["indexed_images"] == 24
+    assert stats["collection"] == "images"
+    assert (await client.get("/api/v1/images/img-22")).status_code == 200
+    assert (await client.get("/api/v1/images/img-3")).status_code == 404
+    top = await client.post("/api/v1/search", json={"image_data": b64(22), "top_k": 1})
+    assert top.json()["results"][0]["image_id"] == "img-22"
+
+    dropped = (await client.post("/api/v1/admin/reindex/drop-old")).json()
+    assert dropped["dropped"] == [status["collection"].replace("_v2", "_v1")]
+    assert dropped["old_collections"] == []
+
+
+async def test_an_empty_store_rebuilds_from_the_compacted_topics(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    await index_many(client, range(12))
+    await client.delete("/api/v1/images/img-5?wait=true")
+    indexer = stack.services[0]
+    assert indexer.name == "indexer"
+    indexer.stop()
+    fresh = ServiceProcess(
+        "indexer-fresh",
+        stack.data_dir / "logs" / "indexer-fresh.log",
+        module="imgsim_indexer",
+        env={
+            **indexer.env,
+            "INDEXER_QDRANT__PATH": str(stack.data_dir / "qdrant-empty"),
+            "INDEXER_GROUP_ID": f"fresh-{uuid.uuid4().hex[:6]}",
+        },
+        ready_marker=READY_MARKER,
+    )
+    stack.services[0] = fresh
+    fresh.start()
+    deadline = time.monotonic() + 90
+    while True:
+        response = await client.get("/api/v1/stats")
+        if response.status_code == 200 and response.json()["indexed_images"] == 11:
+            break
+        assert time.monotonic() < deadline, response.text
+        await asyncio.sleep(0.5)
+    assert (await client.get("/api/v1/images/img-5")).status_code == 404
+    top = await client.post("/api/v1/search", json={"image_data": b64(7), "top_k": 1})
+    assert top.json()["results"][0]["image_id"] == "img-7"
