@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 # Weights for `make up`: random (offline, meaningless vectors) | pretrained (downloads once).
 WEIGHTS ?= random
 
-.PHONY: bootstrap up test test-unit lint fmt typecheck bench compose-check
+.PHONY: bootstrap up test test-unit lint fmt typecheck bench bench-cache compose-check asyncapi
 
 bootstrap:
 	bash infra/local/bootstrap.sh
@@ -32,3 +32,9 @@ bench:
 
 compose-check:
 	docker-compose -f compose.yaml config -q
+
+asyncapi:
+	$(UV) run python -m imgsim_core.asyncapi > docs/asyncapi.json
+
+bench-cache:
+	$(UV) run python bench/cache.py

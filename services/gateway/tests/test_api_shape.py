@@ -73,3 +73,15 @@ async def test_body_limit_rejects_before_reading() -> None:
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "payload_too_large"
     assert read == [{"a": "b"}]
+
+
+async def test_gateway_serves_the_asyncapi_contract_for_its_prefix() -> None:
+    settings = GatewaySettings.model_validate({"kafka": {"topic_prefix": "acme."}})
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        document = (await c.get("/asyncapi.json")).json()
+        page = await c.get("/asyncapi")
+    assert document["asyncapi"] == "3.0.0"
+    assert document["channels"]["images"]["address"] == "acme.images"
+    assert page.status_code == 200
+    assert "acme.images" in page.text

@@ -14,16 +14,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from faststream.specification import AsyncAPI
+from faststream.specification.asyncapi.site import get_asyncapi_html
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imgsim_core import __version__
+from imgsim_core.asyncapi import asyncapi_document, contract_broker
 from imgsim_core.kafka import ensure_topics, make_producer
 from imgsim_core.requestreply import Requester
 from imgsim_gateway.cache import SearchCache
@@ -125,6 +129,19 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.state.started = time.monotonic()
     app.include_router(open_router)
+    contract = asyncapi_document(settings.kafka.topics)
+
+    @app.get("/asyncapi.json", tags=["contract"], summary="AsyncAPI document of the topics")
+    async def asyncapi_json() -> dict[str, Any]:
+        """Topics, keys, headers and payloads for producers and consumers on Kafka."""
+        return contract
+
+    @app.get("/asyncapi", tags=["contract"], response_class=HTMLResponse, include_in_schema=False)
+    async def asyncapi_html() -> str:
+        return get_asyncapi_html(
+            AsyncAPI(contract_broker(settings.kafka.topics)).to_specification()
+        )
+
     app.include_router(router)
 
     @app.exception_handler(GatewayError)
