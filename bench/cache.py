@@ -20,7 +20,6 @@ import time
 
 import httpx
 import numpy as np
-
 from pipeline import make_jpeg  # type: ignore[import-not-found]
 
 
