@@ -42,6 +42,7 @@ _REQUEST = {
     Header.REPLY_TO: {**_TEXT, "description": "The asker's reply topic."},
     Header.DEADLINE: {**_TEXT, "description": "Epoch ms; the request is dropped after it."},
 }
+_DOCUMENT_ONLY = "declared for the contract document; the services implement it"
 _IMAGE_ID_KEY = {"type": "string", "description": "The image id, UTF-8, 1–256 characters."}
 
 # Per channel title: (key schema, header schemas, required headers, extra description).
@@ -104,16 +105,20 @@ def contract_broker(topics: Topics, bootstrap: str = "kafka:9092") -> KafkaBroke
 
     @broker.subscriber(topics.searches, title="searches", description="Vector searches.")
     @broker.publisher(replies, title="replies", description="Answers: SearchReplied, ...")
-    async def searches(body: VectorSearchRequested) -> SearchReplied: ...
+    async def searches(body: VectorSearchRequested) -> SearchReplied:
+        raise NotImplementedError(_DOCUMENT_ONLY)
 
     @broker.subscriber(topics.status, title="status", description="Indexer status requests.")
-    async def status(body: StatusRequested) -> IndexerStatus: ...
+    async def status(body: StatusRequested) -> IndexerStatus:
+        raise NotImplementedError(_DOCUMENT_ONLY)
 
     @broker.subscriber(topics.lookups, title="lookups", description="One image's record.")
-    async def lookups(body: LookupRequested) -> ImageRecord: ...
+    async def lookups(body: LookupRequested) -> ImageRecord:
+        raise NotImplementedError(_DOCUMENT_ONLY)
 
     @broker.subscriber(topics.admin, title="admin", description="Reindex commands.")
-    async def admin(body: ReindexRequested) -> ReindexStatus: ...
+    async def admin(body: ReindexRequested) -> ReindexStatus:
+        raise NotImplementedError(_DOCUMENT_ONLY)
 
     @broker.subscriber(topics.deadletter, title="deadletter", description="Rejected records.")
     async def deadletter(body: bytes) -> None: ...

@@ -1,0 +1,1 @@
+"""imgsim's command line: ``imgsim index|search|delete|stats|reindex``."""
