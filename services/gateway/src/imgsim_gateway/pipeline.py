@@ -249,13 +249,13 @@ class Pipeline:
 
     async def search(self, query: Query, options: SearchOptions) -> tuple[list[SearchHit], bool]:
         """Hits best first, and whether they came from the result cache."""
+        params = options.model_dump()
+        cached = await self.cache.get_result(query.cache_subject, query.like_image_id, params)
+        if cached.hits is not None:  # these exact bytes were validated when it was stored
+            return cached.hits, True
         if query.image is not None:
             await self.validate_image(query.image)
         model_id = await self.model_id()
-        params = options.model_dump()
-        cached = await self.cache.get_result(query.cache_subject, query.like_image_id, params)
-        if cached.hits is not None:
-            return cached.hits, True
         timeout = self.settings.search_timeout_s
         deadline = now_ms() + int(timeout * 1000)
         vector = await self.cache.get_embedding(query.cache_subject, model_id)
