@@ -145,3 +145,68 @@ async def test_an_empty_store_rebuilds_from_the_compacted_topics(
     assert (await client.get("/api/v1/images/img-5")).status_code == 404
     top = await client.post("/api/v1/search", json={"image_data": b64(7), "top_k": 1})
     assert top.json()["results"][0]["image_id"] == "img-7"
+
+
+def embedder_of_another_model(stack: Stack, *, seed: int, serve_queries: bool) -> ServiceProcess:
+    """An embedder with other weights (seed) in its own group: it re-embeds every image."""
+    embedder = next(s for s in stack.services if s.name.startswith("embedder"))
+    return ServiceProcess(
+        f"embedder-seed{seed}-{'q' if serve_queries else 'images'}",
+        stack.data_dir / "logs" / f"embedder-seed{seed}-{serve_queries}.log",
+        module="imgsim_embedder",
+        env={
+            **embedder.env,
+            "EMBEDDER_MODEL__SEED": str(seed),
+            "EMBEDDER_GROUP_ID": f"imgsim-embedder-seed{seed}",
+            "EMBEDDER_SERVE_QUERIES": "true" if serve_queries else "false",
+            "EMBEDDER_METRICS_PORT": str(free_port()),
+        },
+        ready_marker=READY_MARKER,
+    )
+
+
+async def test_a_model_change_reindexes_through_the_new_models_embedder(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    await index_many(client, range(10))
+    old_model = (await client.get("/api/v1/stats")).json()["model_id"]
+    new_model = old_model.replace("seed0", "seed1")
+    assert new_model != old_model
+    # 1. An embedder of the new model re-embeds the images topic from the start.
+    images_only = embedder_of_another_model(stack, seed=1, serve_queries=False)
+    stack.services.append(images_only)
+    images_only.start()
+    # 2. The reindex builds the new model's collection while the old one serves.
+    started = await client.post("/api/v1/admin/reindex", json={"model_id": new_model})
+    assert started.status_code == 202, started.text
+    assert started.json()["model_id"] == new_model
+    await index_many(client, range(10, 12))  # live writes reach both models' collections
+    deadline = time.monotonic() + 150
+    while (status := (await client.get("/api/v1/admin/reindex")).json())["state"] != "done":
+        assert status["state"] != "failed", status
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.5)
+    stats = (await client.get("/api/v1/stats")).json()
+    assert stats["model_id"] == new_model
+    assert stats["indexed_images"] == 12
+    assert stats["dead_letters"] == 0  # the other model's vectors are skipped, not rejected
+    # 3. Queries still embedded by the old model search the old model's collection.
+    top = await client.post("/api/v1/search", json={"image_data": b64(11), "top_k": 1})
+    assert top.json()["results"][0]["image_id"] == "img-11"
+    assert top.json()["results"][0]["score"] >= 0.99
+    # 4. Queries move to the new model: its embedder serves them, the old one stops.
+    old_embedder = next(s for s in stack.services if s.name == "embedder")
+    old_embedder.stop()
+    images_only.stop()
+    serving = embedder_of_another_model(stack, seed=1, serve_queries=True)
+    stack.services.append(serving)
+    serving.start()
+    for n in (3, 11):
+        top = await client.post("/api/v1/search", json={"image_data": b64(n), "top_k": 1})
+        assert top.status_code == 200, top.text
+        assert top.json()["results"][0]["image_id"] == f"img-{n}"
+        assert top.json()["results"][0]["score"] >= 0.99
+    await index_many(client, range(12, 13))  # new writes under the new model
+    assert (await client.get("/api/v1/stats")).json()["indexed_images"] == 13
+    dropped = (await client.post("/api/v1/admin/reindex/drop-old")).json()
+    assert dropped["dropped"] == [status["collection"].replace("_v2", "_v1")]

@@ -271,6 +271,10 @@ def reindex(
         bool, typer.Option("--drop-old", help="Only drop the collections no alias points at.")
     ] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once started.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Build from this model's vectors (a model change)."),
+    ] = None,
 ) -> None:  # fmt: skip
     """Rebuild the index from the compacted topics into a new collection, then switch to it."""
     state = _state(ctx)
@@ -279,7 +283,7 @@ def reindex(
         async with Gateway(state.settings) as gateway:
             if drop_old:
                 return await gateway.reindex_drop_old()
-            started = await gateway.reindex_start()
+            started = await gateway.reindex_start(model)
             if no_wait:
                 return started
             return await follow(gateway, started, state.err)

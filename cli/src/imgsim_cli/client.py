@@ -123,8 +123,11 @@ class Gateway:
     async def stats(self) -> Stats:
         return self._parse(Stats, await self._call("GET", "/stats"))
 
-    async def reindex_start(self) -> ReindexStatus:
-        return self._parse(ReindexStatus, await self._call("POST", "/admin/reindex"))
+    async def reindex_start(self, model_id: str | None = None) -> ReindexStatus:
+        body = {"model_id": model_id} if model_id else None
+        return self._parse(
+            ReindexStatus, await self._call("POST", "/admin/reindex", json_body=body)
+        )
 
     async def reindex_status(self) -> ReindexStatus:
         return self._parse(ReindexStatus, await self._call("GET", "/admin/reindex"))

@@ -212,6 +212,11 @@ class ReindexRequested(_Event):
     """
 
     action: Literal["start", "status", "drop_old"] = "status"
+    model_id: str | None = Field(
+        default=None,
+        description="start: the model of the new collection; unset = the current one. "
+        "Another model's vectors come from an embedder running that model.",
+    )
     deadline_ms: int
 
 
@@ -222,6 +227,7 @@ class ReindexStatus(_Event):
     collection: str = Field(description="The collection the alias points at now.")
     target: str | None = Field(default=None, description="The collection being built.")
     source_topic: str | None = None
+    model_id: str | None = Field(default=None, description="Model of the collection built.")
     processed: int = 0
     total: int = Field(default=0, description="Records to replay (end offsets at the start).")
     rate_per_s: float = 0.0

@@ -342,6 +342,9 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         )
         await produce_all(state.producer, outputs)
 
+    if not settings.serve_queries:
+        return router  # an embedder for a model change: images only (see the README)
+
     @router.subscriber(
         topics.queries,
         group_id=f"{settings.group_id}-query",

@@ -25,6 +25,11 @@ class EmbedderSettings(BaseSettings):
         default=5, ge=0, description="How long a batch may wait for more rows to fill."
     )
     preprocess_threads: int = Field(default=2, ge=1, description="Decode + transform pool.")
+    serve_queries: bool = Field(
+        default=True,
+        description="Embed search queries too. An embedder of a new model that re-embeds the "
+        "images for a model change runs with false until the switch.",
+    )
     query_concurrency: int = Field(
         default=16, ge=1, description="Queries handled at once, so they can share a batch."
     )

@@ -230,9 +230,13 @@ class Pipeline:
         self._status = (time.monotonic(), status)
         return status
 
-    async def reindex(self, action: Literal["start", "status", "drop_old"]) -> ReindexStatus:
+    async def reindex(
+        self, action: Literal["start", "status", "drop_old"], model_id: str | None = None
+    ) -> ReindexStatus:
         timeout = self.settings.status_timeout_s * 3  # opening a collection takes a moment
-        request = ReindexRequested(action=action, deadline_ms=now_ms() + int(timeout * 1000))
+        request = ReindexRequested(
+            action=action, model_id=model_id, deadline_ms=now_ms() + int(timeout * 1000)
+        )
         status = await self._ask(self.topics.admin, request, timeout, ReindexStatus)
         if status.error is not None and status.error.startswith("bad_request"):
             raise BadRequestError(status.error)

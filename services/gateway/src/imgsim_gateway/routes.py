@@ -31,6 +31,7 @@ from imgsim_gateway.schemas import (
     IndexAccepted,
     IndexRequest,
     Readiness,
+    ReindexRequest,
     SearchOptions,
     SearchRequest,
     SearchResponse,
@@ -242,9 +243,13 @@ async def stats(request: Request, pipe: PipelineDep) -> Stats:
     responses=_errors(503, 504), tags=["admin"],
     summary="Rebuild the index into a new collection and switch to it when caught up",
 )  # fmt: skip
-async def start_reindex(pipe: PipelineDep) -> ReindexStatus:
-    """Searches keep being served from the current collection until the switch."""
-    return await pipe.reindex("start")
+async def start_reindex(pipe: PipelineDep, body: ReindexRequest | None = None) -> ReindexStatus:
+    """Searches keep being served from the current collection until the switch.
+
+    With ``model_id`` the new collection holds that model's vectors, which an embedder
+    running that model produces (see the README's *Reindex and replay*).
+    """
+    return await pipe.reindex("start", body.model_id if body else None)
 
 
 @router.get(

@@ -86,6 +86,16 @@ class DeleteAccepted(BaseModel):
     status: Literal["accepted", "deleted"]
 
 
+class ReindexRequest(_Body):
+    model_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Build the new collection from this model's vectors (a model change); "
+        "unset = the current model, replayed without recomputing embeddings.",
+        examples=["ViT-B-32/laion2b_s34b_b79k"],
+    )
+
+
 class SearchOptions(_Body):
     top_k: TopK = 10
     threshold: Threshold | None = Field(default=None, examples=[0.7])

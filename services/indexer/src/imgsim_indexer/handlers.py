@@ -80,6 +80,15 @@ class IndexerState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one live batch at a time
     positions: dict[TopicPartition, int] = field(default_factory=dict)
     reindexer: Reindexer | None = None
+    model_id: str = ""  # the model whose vectors the live collection holds
+    skip_models: set[str] = field(default_factory=set)  # other models' vectors: not letters
+    previous: dict[str, VectorStore] = field(default_factory=dict)  # model → old collection
+
+    def store_for(self, model_id: str | None) -> VectorStore | None:
+        """The collection that holds vectors of ``model_id`` (None: the live one)."""
+        if model_id is None or model_id == self.model_id:
+            return self.store
+        return self.previous.get(model_id)
 
     def applied(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         for record in records:
@@ -104,7 +113,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
     router = KafkaRouter()
     kafka = settings.kafka
     topics = kafka.topics
-    model_id = settings.model.model_id
+    state.model_id = state.model_id or settings.model.model_id
 
     @router.subscriber(
         topics.vectors,
@@ -126,9 +135,10 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         plan = plan_batch(
             records,
             dim=settings.dim,
-            model_id=model_id,
+            model_id=state.model_id,
             deadletter_topic=topics.deadletter,
             now=datetime.now(UTC),
+            skip_models=state.skip_models,
         )
         async with state.lock:  # a reindex switches the alias between two batches only
             with UPSERT_SECONDS.time(), batch_step("store write", upserts=len(plan.upserts)):
@@ -153,12 +163,14 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             len(plan.dead_letters),
         )
 
-    async def query_vector(request: VectorSearchRequested) -> tuple[Vector, tuple[str, ...]]:
+    async def query_vector(
+        request: VectorSearchRequested, store: VectorStore
+    ) -> tuple[Vector, tuple[str, ...]]:
         """The vector to search with, and the image ids to leave out."""
         if (request.vector is None) == (request.like_image_id is None):
             raise RequestError("bad_request", "give exactly one of vector and like_image_id")
         if request.like_image_id is not None:
-            stored = await state.store.get_vector(request.like_image_id)
+            stored = await store.get_vector(request.like_image_id)
             if stored is None:
                 raise RequestError("not_found", f"image {request.like_image_id} is not indexed")
             return stored, (request.like_image_id,)
@@ -193,9 +205,19 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             log.debug("dropped a search %d ms past its deadline", now_ms() - request.deadline_ms)
             SEARCHES.labels("expired").inc()
             raise AckMessage()  # no reply: nobody waits for it any more
+        # A query vector of the model a reindex switched away from searches the collection
+        # of that model (kept until dropped), so a model change never mixes vector spaces.
+        store = state.store_for(request.model_id if request.vector is not None else None)
+        if store is None:
+            SEARCHES.labels("wrong_model").inc()
+            return SearchReplied(
+                error=f"the query vector comes from model {request.model_id!r}; the index "
+                f"holds {state.model_id!r}",
+                error_code="wrong_model",
+            )
         try:
-            vector, exclude = await query_vector(request)
-            hits = await state.store.search(
+            vector, exclude = await query_vector(request, store)
+            hits = await store.search(
                 vector,
                 top_k=request.top_k,
                 threshold=request.threshold,
@@ -281,7 +303,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             store=store.name,
             collection=store.collection,
             indexed=indexed,
-            model_id=model_id,
+            model_id=state.model_id,
             started_at=state.started_at,
             error=error,
         )
@@ -308,7 +330,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             raise NotStartedError("the reindexer is not started")
         try:
             if request.action == "start":
-                return await state.reindexer.start()
+                return await state.reindexer.start(request.model_id)
             if request.action == "drop_old":
                 return await state.reindexer.drop_old()
             return await state.reindexer.status()

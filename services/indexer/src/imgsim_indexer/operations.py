@@ -13,6 +13,9 @@ without I/O, so every rule is unit-testable:
   goes on;
 - an upsert keeps the event's ``source_partition``/``source_offset`` (the images-topic
   record it came from);
+- a vector of a model in ``skip_models`` is skipped silently: during and after a model
+  change the old and the new embedder both produce, and each collection keeps its own
+  model's vectors (:mod:`imgsim_indexer.reindex`);
 - within one batch the last operation per image id wins (Kafka keeps order per key, and
   records of different keys are independent, so deletes and upserts of one plan can be
   applied in any order).
@@ -20,7 +23,7 @@ without I/O, so every rule is unit-testable:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,6 +45,16 @@ class BatchPlan:
     deletes: list[str] = field(default_factory=list)
     dead_letters: list[OutRecord] = field(default_factory=list)
     dead_letter_codes: list[str] = field(default_factory=list)  # one per dead letter
+    skipped: int = 0  # vectors of a model in skip_models
+
+
+class _OtherModelError(EventError):
+    def __init__(self, model_id: str, expected: str) -> None:
+        super().__init__(
+            "unknown_model",
+            f"the vector comes from model {model_id!r}, the index holds {expected!r}",
+        )
+        self.model_id = model_id
 
 
 def plan_batch(
@@ -51,6 +64,7 @@ def plan_batch(
     model_id: str,
     deadletter_topic: str,
     now: datetime,
+    skip_models: Collection[str] = (),
 ) -> BatchPlan:
     """Upserts, deletes and dead letters for ``records`` (in offset order per partition)."""
     last: dict[str, Point | None] = {}  # image id → its last operation (None = delete)
@@ -58,6 +72,15 @@ def plan_batch(
     for record in records:
         try:
             image_id, point = _operation(record, dim=dim, model_id=model_id, now=now)
+        except _OtherModelError as exc:
+            if exc.model_id in skip_models:
+                plan.skipped += 1
+                continue
+            plan.dead_letters.append(
+                dead_letter_record(deadletter_topic, record, f"{exc.code}: {exc.message}")
+            )
+            plan.dead_letter_codes.append(exc.code)
+            continue
         except EventError as exc:
             plan.dead_letters.append(
                 dead_letter_record(deadletter_topic, record, f"{exc.code}: {exc.message}")
@@ -90,10 +113,7 @@ def _operation(
             "key_mismatch", f"key {image_id!r} differs from the event's {event.image_id!r}"
         )
     if event.model_id != model_id:
-        raise EventError(
-            "unknown_model",
-            f"the vector comes from model {event.model_id!r}, the index holds {model_id!r}",
-        )
+        raise _OtherModelError(event.model_id, model_id)
     if event.dim != dim:
         raise EventError("wrong_dim", f"the vector has dim {event.dim}, the index expects {dim}")
     try:

@@ -54,6 +54,9 @@ class LiveIndex(Protocol):
     store: VectorStore  # the collection searches and live writes go to
     lock: asyncio.Lock  # held by the live handler while it applies a batch
     positions: dict[TopicPartition, int]  # next offset after what it applied, per partition
+    model_id: str  # the model of the live collection
+    skip_models: set[str]  # vectors of these models are skipped by the live consumer
+    previous: dict[str, VectorStore]  # collections of earlier models, still searchable
 
 
 class Reindexer:
@@ -65,6 +68,11 @@ class Reindexer:
         self._closer: asyncio.Task[None] | None = None
         self._status = ReindexStatus(state="idle", collection="")
         self._started = 0.0
+        self._model = ""
+
+    @property
+    def _changes_model(self) -> bool:
+        return self._model != self.live.model_id
 
     # -- commands -------------------------------------------------------------------------
 
@@ -87,9 +95,10 @@ class Reindexer:
             }
         )
 
-    async def start(self) -> ReindexStatus:
+    async def start(self, model_id: str | None = None) -> ReindexStatus:
         if self._task is not None and not self._task.done():
             return await self.status()
+        self._model = model_id or self.live.model_id
         store = self.live.store
         existing = await store.collections()
         current = await store.aliased() or store.collection
@@ -108,8 +117,13 @@ class Reindexer:
             collection=current,
             target=target_name,
             source_topic=self.settings.kafka.topics.vectors,
+            model_id=self._model,
             started_at=datetime.now(UTC),
         )
+        if self._changes_model:
+            # The new model's vectors go to the new collection only; the live one keeps
+            # its model and skips them instead of dead-lettering them.
+            self.live.skip_models.add(self._model)
         self._task = asyncio.create_task(self._run(target), name=f"reindex-{target_name}")
         log.info("reindex started: %s → %s", current, target_name)
         return await self.status()
@@ -118,6 +132,9 @@ class Reindexer:
         store = self.live.store
         current = await store.aliased() or store.collection
         keep = {current, store.current, self._status.target if self._running else None}
+        for model_id, previous in list(self.live.previous.items()):
+            del self.live.previous[model_id]
+            await previous.close()
         dropped = []
         for name in await store.collections():
             if name not in keep:
@@ -154,6 +171,8 @@ class Reindexer:
                 await target.close()
 
     def _fail(self, error: str) -> None:
+        if self._changes_model:
+            self.live.skip_models.discard(self._model)
         self._status = self._status.model_copy(
             update={"state": "failed", "error": error, "finished_at": datetime.now(UTC)}
         )
@@ -185,7 +204,7 @@ class Reindexer:
                     plan = plan_batch(
                         records,
                         dim=settings.dim,
-                        model_id=settings.model.model_id,
+                        model_id=self._model,
                         deadletter_topic=settings.kafka.topics.deadletter,
                         now=datetime.now(UTC),
                     )
@@ -204,6 +223,8 @@ class Reindexer:
 
     async def _switch(self, target: VectorStore, positions: dict[TopicPartition, int]) -> bool:
         """Move the alias if the replay is as far as the live writes; else keep replaying."""
+        if self._changes_model and await target.count() < await self.live.store.count():
+            return False  # the new model's embedder has not re-embedded every image yet
         async with self.live.lock:
             behind = [p for p, live in self.live.positions.items() if positions.get(p, 0) < live]
             if behind:
@@ -212,8 +233,14 @@ class Reindexer:
             self._set(state="switching")
             await target.switch_alias(target.current)
             old, self.live.store = self.live.store, target
-        # Searches that picked up the old store just before the switch may still run on it.
-        self._closer = asyncio.create_task(_close_later(old, 5.0))
+            if self._changes_model:
+                old_model, self.live.model_id = self.live.model_id, self._model
+                self.live.previous[old_model] = old  # searchable by old-model queries
+                self.live.skip_models.discard(self._model)
+                self.live.skip_models.add(old_model)
+        if old not in self.live.previous.values():
+            # Searches that picked up the old store just before the switch may still use it.
+            self._closer = asyncio.create_task(_close_later(old, 5.0))
         self._set(state="done", finished_at=datetime.now(UTC))
         log.info("reindex done: alias %s → %s", target.collection, target.current)
         retention = self.settings.reindex_retention_s
