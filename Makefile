@@ -25,7 +25,7 @@ fmt:
 	$(UV) run ruff check --fix . && $(UV) run ruff format .
 
 typecheck:
-	$(UV) run mypy libs/core/src libs/devstack/src services/gateway/src services/indexer/src services/embedder/src cli/src
+	$(UV) run mypy libs/core/src libs/devstack/src services/gateway/src services/indexer/src services/embedder/src cli/src tests libs/core/tests services/gateway/tests services/indexer/tests services/embedder/tests cli/tests
 
 bench:
 	$(UV) run python bench/pipeline.py

@@ -29,7 +29,7 @@ class Services:
 
 def _docker_reachable() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         docker.from_env().ping()
     except Exception:
@@ -47,13 +47,13 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
         qdrant = DockerContainer("qdrant/qdrant:v1.15.1").with_exposed_ports(6333)
         with (
-            KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka,
-            RedisContainer() as redis,
+            KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka_box,
+            RedisContainer() as redis_box,
             qdrant,
         ):
-            host, port = redis.get_container_host_ip(), redis.get_exposed_port(6379)
+            host, port = redis_box.get_container_host_ip(), redis_box.get_exposed_port(6379)
             qdrant_url = f"http://{qdrant.get_container_host_ip()}:{qdrant.get_exposed_port(6333)}"
-            yield Services(kafka.get_bootstrap_server(), f"redis://{host}:{port}/0", qdrant_url)
+            yield Services(kafka_box.get_bootstrap_server(), f"redis://{host}:{port}/0", qdrant_url)
         return
     base: Path = tmp_path_factory.mktemp("infra")
     kafka = KafkaBroker("kafka", base / "kafka.log", data_dir=base / "kafka", port=free_port())

@@ -10,9 +10,7 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,10 +18,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from imgsim_cli.__main__ import app
-from imgsim_devstack.processes import ServiceProcess, free_port
-from imgsim_devstack.stack import StackConfig, start_services
 from imgsim_embedder.testimages import distinct_image
 from tests.conftest import Services
+from tests.e2e.conftest import RunningStack as Stack
+from tests.e2e.conftest import running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -33,41 +31,23 @@ FOLDER = [("a.png", 0), ("b.jpg", 1), ("sub/c.png", 2), ("sub/d.jpg", 3),
 CORRUPT = "sub/broken.jpg"
 
 
-@dataclass(frozen=True)
-class Stack:
-    url: str
-    prefix: str
-    bootstrap: str
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "IMGSIM_URL": self.url,
-            "IMGSIM_KAFKA__BOOTSTRAP_SERVERS": self.bootstrap,
-            "IMGSIM_KAFKA__TOPIC_PREFIX": self.prefix,
-            "COLUMNS": "250",  # rich tables on one line per row
-        }
+def cli_env(stack: Stack) -> dict[str, str]:
+    return {
+        "IMGSIM_URL": stack.url,
+        "IMGSIM_KAFKA__BOOTSTRAP_SERVERS": stack.bootstrap,
+        "IMGSIM_KAFKA__TOPIC_PREFIX": stack.prefix,
+        "COLUMNS": "250",  # rich tables on one line per row
+    }
 
 
 @pytest.fixture(scope="module")
 def stack(infra: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prefix = f"c{uuid.uuid4().hex[:8]}."
-    config = StackConfig(
-        data_dir=tmp_path_factory.mktemp("cli"),
-        gateway_port=free_port(),
-        topic_prefix=prefix,
-        partitions=3,
-    )
-    services: list[ServiceProcess] = start_services(config, infra.bootstrap, infra.redis_url)
-    try:
-        yield Stack(f"http://127.0.0.1:{config.gateway_port}", prefix, infra.bootstrap)
-    finally:
-        for service in reversed(services):
-            service.stop()
+    with running_stack(infra, tmp_path_factory.mktemp("cli")) as running:
+        yield running
 
 
 def imgsim(stack: Stack, *args: str) -> Result:
-    return CliRunner().invoke(app, list(args), env=stack.env)
+    return CliRunner().invoke(app, list(args), env=cli_env(stack))
 
 
 def get(stack: Stack, image_id: str) -> httpx.Response:
@@ -188,7 +168,7 @@ def test_delete_direct_tombstone(stack: Stack, tmp_path: Path) -> None:
 
 def test_stats_with_the_installed_command(stack: Stack, indexed: Result) -> None:
     command = Path(sys.executable).parent / "imgsim"
-    env = {**os.environ, **stack.env}
+    env = {**os.environ, **cli_env(stack)}
     result = subprocess.run(
         [str(command), "stats"], env=env, capture_output=True, text=True, timeout=60, check=False
     )

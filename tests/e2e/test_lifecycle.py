@@ -10,7 +10,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
@@ -20,45 +20,22 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from imgsim_core.contracts import ImageEmbedded, pack_vector
 from imgsim_core.settings import KafkaSettings, RedisSettings
-from imgsim_devstack.processes import ServiceProcess, free_port
-from imgsim_devstack.stack import StackConfig, start_services
+from imgsim_devstack.processes import free_port
 from imgsim_embedder.testimages import distinct_image
 from imgsim_gateway.app import create_app
 from imgsim_gateway.settings import GatewaySettings
 from tests.conftest import Services
+from tests.e2e.conftest import RunningStack as Stack
+from tests.e2e.conftest import running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 
-class Stack:
-    def __init__(self, url: str, prefix: str, bootstrap: str) -> None:
-        self.url = url
-        self.prefix = prefix
-        self.bootstrap = bootstrap
-
-
 @pytest.fixture(scope="module")
 def stack(infra: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prefix = f"l{uuid.uuid4().hex[:8]}."
-    config = StackConfig(
-        data_dir=tmp_path_factory.mktemp("lifecycle"),
-        gateway_port=free_port(),
-        topic_prefix=prefix,
-        partitions=3,
-        extra_env={"INDEXER_PAYLOAD_INDEXES": '{"tags": "keyword", "year": "integer"}'},
-    )
-    services: list[ServiceProcess] = start_services(config, infra.bootstrap, infra.redis_url)
-    try:
-        yield Stack(f"http://127.0.0.1:{config.gateway_port}", prefix, infra.bootstrap)
-    finally:
-        for service in reversed(services):
-            service.stop()
-
-
-@pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as c:
-        yield c
+    indexes = {"INDEXER_PAYLOAD_INDEXES": '{"tags": "keyword", "year": "integer"}'}
+    with running_stack(infra, tmp_path_factory.mktemp("lifecycle"), indexes) as running:
+        yield running
 
 
 def b64(data: bytes) -> str:

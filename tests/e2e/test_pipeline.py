@@ -11,10 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imgsim_devstack.processes import ServiceProcess, free_port
-from imgsim_devstack.stack import StackConfig, start_services
 from imgsim_embedder.testimages import distinct_images
 from tests.conftest import Services
+from tests.e2e.conftest import running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -32,23 +31,8 @@ def stack(
             "INDEXER_QDRANT__URL": infra.qdrant_url,
             "INDEXER_QDRANT__COLLECTION": f"c{topic_prefix.rstrip('.')}",
         }
-    config = StackConfig(
-        data_dir=tmp_path,
-        gateway_port=free_port(),
-        topic_prefix=topic_prefix,
-        partitions=3,
-        model_weights="random",
-        extra_env=extra_env,
-    )
-    services: list[ServiceProcess] = start_services(config, infra.bootstrap, infra.redis_url)
-    try:
-        yield f"http://127.0.0.1:{config.gateway_port}"
-    finally:
-        for service in reversed(services):
-            service.stop()
-        for service in services:
-            assert service.proc is not None
-            assert service.proc.poll() is not None, f"{service.name} still running"
+    with running_stack(infra, tmp_path, extra_env) as running:
+        yield running.url
 
 
 async def wait_indexed(client: httpx.AsyncClient, count: int, timeout_s: float = 180) -> None:

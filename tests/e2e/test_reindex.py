@@ -6,46 +6,26 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from imgsim_core.telemetry import READY_MESSAGE as READY_MARKER
 from imgsim_devstack.processes import ServiceProcess, free_port
-from imgsim_devstack.stack import READY_MARKER, StackConfig, start_services
 from imgsim_embedder.testimages import distinct_image
 from tests.conftest import Services
+from tests.e2e.conftest import RunningStack as Stack
+from tests.e2e.conftest import running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 
-@dataclass
-class Stack:
-    url: str
-    services: list[ServiceProcess]
-    data_dir: Path
-
-
 @pytest.fixture
 def stack(infra: Services, tmp_path: Path) -> Iterator[Stack]:
-    config = StackConfig(
-        data_dir=tmp_path, gateway_port=free_port(), topic_prefix=f"r{uuid.uuid4().hex[:8]}.",
-        partitions=3,
-    )  # fmt: skip
-    services = start_services(config, infra.bootstrap, infra.redis_url)
-    try:
-        yield Stack(f"http://127.0.0.1:{config.gateway_port}", services, tmp_path)
-    finally:
-        for service in reversed(services):
-            service.stop()
-
-
-@pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as c:
-        yield c
+    with running_stack(infra, tmp_path) as running:
+        yield running
 
 
 def b64(n: int) -> str:

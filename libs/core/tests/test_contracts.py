@@ -24,7 +24,7 @@ def test_point_id_is_stable_and_distinct() -> None:
 
 
 def test_image_embedded_json_round_trip() -> None:
-    vector = np.ones(4, dtype=np.float32) / 2
+    vector = (np.ones(4) / 2).astype(np.float32)
     event = ImageEmbedded(
         image_id="x",
         model_id="ViT-B-32/test",

@@ -22,7 +22,7 @@ def record(**kw: object) -> ConsumerRecord[bytes, bytes]:
         "serialized_key_size": 1, "serialized_value_size": 1, "headers": (),
     }  # fmt: skip
     fields.update(kw)
-    return ConsumerRecord(**fields)  # type: ignore[arg-type]
+    return ConsumerRecord(**fields)
 
 
 def test_decode_key() -> None:
