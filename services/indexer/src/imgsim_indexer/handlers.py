@@ -29,6 +29,7 @@ from faststream import AckPolicy
 from faststream.exceptions import AckMessage
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import DefaultSubscriber
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -115,6 +116,19 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
     topics = kafka.topics
     state.model_id = state.model_id or settings.model.model_id
 
+    def responder(topic: str, name: str, description: str) -> DefaultSubscriber:
+        """A request/reply responder: its own group, from the earliest offset (a new group
+        must not miss requests sent while it joins; stale ones are dropped by their
+        deadline), with the latency path's small fetch wait."""
+        return router.subscriber(
+            topic,
+            group_id=f"{settings.group_id}-{name}",
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
+            title=name,
+            description=description,
+        )
+
     @router.subscriber(
         topics.vectors,
         batch=True,
@@ -185,15 +199,8 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             )
         return vector, ()
 
-    @router.subscriber(
-        topics.searches,
-        group_id=f"{settings.group_id}-search",
-        # earliest: a new group must not miss requests sent while it joins; stale ones
-        # are dropped by their deadline.
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
-        title="search",
-        description="VectorSearchRequested JSON → SearchReplied (to reply_to).",
+    @responder(
+        topics.searches, "search", "VectorSearchRequested JSON → SearchReplied (to reply_to)."
     )
     async def search(message: KafkaMessage) -> SearchReplied:
         try:
@@ -240,14 +247,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             model_id=request.model_id if request.vector is not None else None,
         )
 
-    @router.subscriber(
-        topics.lookups,
-        group_id=f"{settings.group_id}-lookup",
-        auto_offset_reset="earliest",  # as for searches: stale ones are dropped
-        fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
-        title="lookup",
-        description="LookupRequested JSON → ImageRecord (to reply_to).",
-    )
+    @responder(topics.lookups, "lookup", "LookupRequested JSON → ImageRecord (to reply_to).")
     async def lookup(message: KafkaMessage) -> ImageRecord:
         try:
             request = LookupRequested.model_validate_json(message.body)
@@ -276,14 +276,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             source_offset=stored.source_offset,
         )
 
-    @router.subscriber(
-        topics.status,
-        group_id=f"{settings.group_id}-status",
-        auto_offset_reset="earliest",  # as for searches: stale ones are dropped
-        fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
-        title="status",
-        description="StatusRequested JSON → IndexerStatus (to reply_to).",
-    )
+    @responder(topics.status, "status", "StatusRequested JSON → IndexerStatus (to reply_to).")
     async def status(message: KafkaMessage) -> IndexerStatus:
         error: str | None = None
         try:
@@ -308,13 +301,8 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             error=error,
         )
 
-    @router.subscriber(
-        topics.admin,
-        group_id=f"{settings.group_id}-admin",
-        auto_offset_reset="earliest",  # as for searches: stale ones are dropped
-        fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
-        title="admin",
-        description="ReindexRequested JSON (start, status, drop_old) → ReindexStatus.",
+    @responder(
+        topics.admin, "admin", "ReindexRequested JSON (start, status, drop_old) → ReindexStatus."
     )
     async def admin(message: KafkaMessage) -> ReindexStatus:
         store = state.store
