@@ -219,14 +219,14 @@ class ServerStore:
             for p in points
         ]
         async with self._errors("upsert"):
-            await self._opened().upsert(self.collection, points=structs, wait=True)
+            await self._opened().upsert(self._target, points=structs, wait=True)
 
     async def delete(self, image_ids: Sequence[str]) -> None:
         if not image_ids:
             return
         selector = models.PointIdsList(points=[point_id(i) for i in image_ids])
         async with self._errors("delete"):
-            await self._opened().delete(self.collection, points_selector=selector, wait=True)
+            await self._opened().delete(self._target, points_selector=selector, wait=True)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ class ServerStore:
         query_filter = _filter(filter, exclude)
         async with self._errors("search"):
             response = await self._opened().query_points(
-                self.collection,
+                self._target,
                 query=vector.tolist(),
                 query_filter=query_filter,
                 limit=top_k,
@@ -258,12 +258,12 @@ class ServerStore:
 
     async def count(self) -> int:
         async with self._errors("count"):
-            return (await self._opened().count(self.collection, exact=True)).count
+            return (await self._opened().count(self._target, exact=True)).count
 
     async def get(self, image_id: str) -> StoredImage | None:
         async with self._errors("get"):
             records = await self._opened().retrieve(
-                self.collection, ids=[point_id(image_id)], with_payload=True, with_vectors=False
+                self._target, ids=[point_id(image_id)], with_payload=True, with_vectors=False
             )
         if not records or records[0].payload is None:
             return None
@@ -272,13 +272,19 @@ class ServerStore:
     async def get_vector(self, image_id: str) -> Vector | None:
         async with self._errors("get_vector"):
             records = await self._opened().retrieve(
-                self.collection, ids=[point_id(image_id)], with_payload=False, with_vectors=True
+                self._target, ids=[point_id(image_id)], with_payload=False, with_vectors=True
             )
         if not records or not isinstance(records[0].vector, list):
             return None
         return np.asarray(records[0].vector, dtype=np.float32)
 
     # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def _target(self) -> str:
+        """Where reads and writes go: the alias, or the real collection this store was
+        opened on by name (a reindex's new collection, before the alias points at it)."""
+        return self.physical or self.collection
 
     def _opened(self) -> AsyncQdrantClient:
         if self._client is None:

@@ -1,0 +1,63 @@
+"""The alias side of a reindex, on both stores: new collections, the switch, dropping old ones."""
+
+from __future__ import annotations
+
+import pytest
+from indexer_samples import DIM, make_point
+from qdrant_client import AsyncQdrantClient
+
+from imgsim_indexer.edge_store import EdgeStore
+from imgsim_indexer.errors import StoreError
+from imgsim_indexer.handlers import IndexerState
+from imgsim_indexer.reindex import Reindexer
+from imgsim_indexer.server_store import ServerStore
+from imgsim_indexer.settings import IndexerSettings
+from imgsim_indexer.store import VectorStore
+
+
+def physical(store: VectorStore, name: str, client: AsyncQdrantClient | None) -> VectorStore:
+    if isinstance(store, EdgeStore):
+        settings = IndexerSettings().qdrant.model_copy(update={"path": store.root.parent})
+        return EdgeStore(settings, DIM, physical=name)
+    assert isinstance(store, ServerStore)
+    return ServerStore(store.settings, DIM, client=client, physical=name)
+
+
+async def test_switch_then_drop_old(store: VectorStore) -> None:
+    client = getattr(store, "_client", None)
+    await store.upsert([make_point("old", 1)])
+    assert await store.collections() == ["images_v1"]
+    assert await store.aliased() == "images_v1"
+
+    new = physical(store, "images_v2", client)
+    await new.open()
+    await new.upsert([make_point("new", 2)])
+    assert await store.collections() == ["images_v1", "images_v2"]
+    await new.switch_alias("images_v2")
+    assert await store.aliased() == "images_v2"
+
+    with pytest.raises(StoreError):
+        await new.drop_collection("images_v2")  # the alias points at it
+    await store.close()
+    await new.drop_collection("images_v1")
+    assert await new.collections() == ["images_v2"]
+    hits = await new.search(make_point("x", 2).vector, top_k=5, threshold=None, with_metadata=False)
+    assert [h.image_id for h in hits] == ["new"]
+    await new.close()
+
+
+async def test_retention_drops_the_old_collection_after_a_switch(store: VectorStore) -> None:
+    client = getattr(store, "_client", None)
+    new = physical(store, "images_v2", client)
+    await new.open()
+    await new.switch_alias("images_v2")
+    await store.close()
+    state = IndexerState(store=new)
+    settings = IndexerSettings(reindex_retention_s=0)
+    reindexer = Reindexer(settings, state)
+    await reindexer._drop_later(0)  # what a switch schedules with the retention setting
+    assert await new.collections() == ["images_v2"]
+    status = await reindexer.status()
+    assert status.collection == "images_v2"
+    assert status.old_collections == []
+    await new.close()
