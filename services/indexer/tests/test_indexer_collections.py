@@ -6,8 +6,9 @@ import pytest
 from indexer_samples import DIM, make_point
 from qdrant_client import AsyncQdrantClient
 
+from imgsim_indexer.app import check_model
 from imgsim_indexer.edge_store import EdgeStore
-from imgsim_indexer.errors import StoreError
+from imgsim_indexer.errors import StoreConfigError, StoreError
 from imgsim_indexer.handlers import IndexerState
 from imgsim_indexer.reindex import Reindexer
 from imgsim_indexer.server_store import ServerStore
@@ -61,3 +62,12 @@ async def test_retention_drops_the_old_collection_after_a_switch(store: VectorSt
     assert status.collection == "images_v2"
     assert status.old_collections == []
     await new.close()
+
+
+async def test_the_indexer_refuses_a_collection_of_another_model(store: VectorStore) -> None:
+    await check_model(store, "any-model")  # empty: nothing to contradict
+    await store.upsert([make_point("a", 1)])  # model "test-model"
+    assert await store.sample_model() == "test-model"
+    await check_model(store, "test-model")
+    with pytest.raises(StoreConfigError, match="INDEXER_MODEL__"):
+        await check_model(store, "ViT-B-32/laion2b_s34b_b79k")

@@ -22,12 +22,25 @@ from imgsim_core.lag import ConsumerLag
 from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_indexer.cache import make_redis
+from imgsim_indexer.errors import StoreConfigError
 from imgsim_indexer.handlers import IndexerState, build_router
 from imgsim_indexer.reindex import Reindexer
 from imgsim_indexer.settings import IndexerSettings
-from imgsim_indexer.store import open_store
+from imgsim_indexer.store import VectorStore, open_store
 
 log = logging.getLogger(__name__)
+
+
+async def check_model(store: VectorStore, model_id: str) -> None:
+    """Refuse to serve a collection of another model's vectors (e.g. after a model change,
+    when ``INDEXER_MODEL__*`` still names the old model)."""
+    stored = await store.sample_model()
+    if stored is not None and stored != model_id:
+        raise StoreConfigError(
+            f"collection {store.collection} holds vectors of model {stored!r}, but "
+            f"INDEXER_MODEL__* names {model_id!r}: set it to the collection's model "
+            "(`imgsim reindex --model` is how to change models)"
+        )
 
 
 def create_app(settings: IndexerSettings) -> FastStream:
@@ -43,6 +56,7 @@ def create_app(settings: IndexerSettings) -> FastStream:
         await ensure_topics(settings.kafka)
         await state.store.open()
         try:
+            await check_model(state.store, settings.model.model_id)
             producer = make_producer(settings.kafka, linger_ms=settings.kafka.bulk_linger_ms)
             await producer.start()
             redis = make_redis(settings.redis)  # connects on first use; may be down

@@ -168,6 +168,13 @@ class EdgeStore:
             return None
         return stored_from_payload(records[0].payload)
 
+    async def sample_model(self) -> str | None:
+        request = qe.ScrollRequest(limit=1, with_payload=True, with_vector=False)
+        records, _ = await self._call(lambda: self._opened().scroll(request))
+        if not records or records[0].payload is None:
+            return None
+        return stored_from_payload(records[0].payload).model_id
+
     async def get_vector(self, image_id: str) -> Vector | None:
         ids: list[qe.PointId] = [point_id(image_id)]
         records = await self._call(lambda: self._opened().retrieve(ids, False, True))

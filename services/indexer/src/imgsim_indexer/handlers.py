@@ -158,6 +158,15 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             with UPSERT_SECONDS.time(), batch_step("store write", upserts=len(plan.upserts)):
                 await state.store.delete(plan.deletes)
                 await state.store.upsert(plan.upserts)
+                for old_model, old_store in state.previous.items():
+                    # After a model change, the old model's collection stays current.
+                    kept = plan_batch(
+                        records, dim=settings.dim, model_id=old_model,
+                        deadletter_topic=topics.deadletter, now=datetime.now(UTC),
+                        dead_letters=False,
+                    )  # fmt: skip
+                    await old_store.delete(kept.deletes)
+                    await old_store.upsert(kept.upserts)
             state.applied(records)
         if plan.dead_letters:
             await produce_all(state.producer, plan.dead_letters)

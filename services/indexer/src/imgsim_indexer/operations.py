@@ -65,15 +65,20 @@ def plan_batch(
     deadletter_topic: str,
     now: datetime,
     skip_models: Collection[str] = (),
+    dead_letters: bool = True,
 ) -> BatchPlan:
-    """Upserts, deletes and dead letters for ``records`` (in offset order per partition)."""
+    """Upserts, deletes and dead letters for ``records`` (in offset order per partition).
+
+    ``dead_letters=False`` skips bad records without making dead letters: for a second
+    pass over records that the live pass already judged (a reindex, an older model).
+    """
     last: dict[str, Point | None] = {}  # image id → its last operation (None = delete)
     plan = BatchPlan()
     for record in records:
         try:
             image_id, point = _operation(record, dim=dim, model_id=model_id, now=now)
         except _OtherModelError as exc:
-            if exc.model_id in skip_models:
+            if exc.model_id in skip_models or not dead_letters:
                 plan.skipped += 1
                 continue
             plan.dead_letters.append(
@@ -82,6 +87,9 @@ def plan_batch(
             plan.dead_letter_codes.append(exc.code)
             continue
         except EventError as exc:
+            if not dead_letters:
+                plan.skipped += 1
+                continue
             plan.dead_letters.append(
                 dead_letter_record(deadletter_topic, record, f"{exc.code}: {exc.message}")
             )

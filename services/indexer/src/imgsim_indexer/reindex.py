@@ -14,6 +14,11 @@ How it works:
    collections from the live consumer instead could apply an image's older update after
    its newer one, since the two consumers run at different offsets.)
 3. Searches keep being served from the current collection throughout.
+   With a model change (``model_id``), the new collection takes only the new model's
+   vectors, which an embedder running that model produces from the images topic; the
+   live collection skips them. After the switch the old model's collection stays open
+   and keeps taking the old model's vectors, so queries still embedded by the old model
+   get right answers until the queries move to the new model and it is dropped.
 4. Once the replay has passed the snapshot, it takes the live consumer's write lock and
    checks that it has read at least as far as the live consumer has written on every
    partition; then it moves the alias (Edge: the CURRENT pointer; server: one atomic
@@ -207,6 +212,7 @@ class Reindexer:
                         model_id=self._model,
                         deadletter_topic=settings.kafka.topics.deadletter,
                         now=datetime.now(UTC),
+                        dead_letters=False,  # the live consumer letters bad records
                     )
                     await target.delete(plan.deletes)
                     await target.upsert(plan.upserts)

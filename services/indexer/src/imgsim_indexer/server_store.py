@@ -269,6 +269,15 @@ class ServerStore:
             return None
         return stored_from_payload(records[0].payload)
 
+    async def sample_model(self) -> str | None:
+        async with self._errors("scroll"):
+            records, _ = await self._opened().scroll(
+                self._target, limit=1, with_payload=True, with_vectors=False
+            )
+        if not records or records[0].payload is None:
+            return None
+        return stored_from_payload(records[0].payload).model_id
+
     async def get_vector(self, image_id: str) -> Vector | None:
         async with self._errors("get_vector"):
             records = await self._opened().retrieve(

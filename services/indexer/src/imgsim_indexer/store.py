@@ -108,6 +108,10 @@ class VectorStore(Protocol):
 
     async def get(self, image_id: str) -> StoredImage | None: ...
 
+    async def sample_model(self) -> str | None:
+        """The model id of any one stored point (None when the collection is empty)."""
+        ...
+
     async def collections(self) -> list[str]:
         """The real collections of this store's name, oldest first."""
         ...
