@@ -43,7 +43,7 @@ class Requester:
         bootstrap_servers: str,
         reply_topic: str,
         *,
-        fetch_max_wait_ms: int = 5,
+        fetch_max_wait_ms: int = 500,
         reply_retention_ms: int = 60_000,
         replication_factor: int = 1,
     ) -> None:

@@ -19,8 +19,12 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = "imgsim."
     partitions: int = Field(default=6, ge=1, description="Partitions of images and vectors.")
     replication_factor: int = Field(default=1, ge=1)
-    # Latency paths (queries, searches, replies) keep fetch waits and linger small.
-    latency_fetch_max_wait_ms: int = Field(default=5, ge=0)
+    # Latency paths (queries, searches, replies, lookups): Apache Kafka answers a fetch as
+    # soon as a record arrives (fetch.min.bytes=1), so a long wait costs no latency and
+    # saves the idle polling of short ones. Measured on 2 cores (bench/RESULTS.md): 5 ms
+    # waits cost 64 % of a core while idle and p50 111-122 ms a search; 500 ms, 14 % and
+    # 87-93 ms. Brokers that hold every fetch for the full wait need a small value here.
+    latency_fetch_max_wait_ms: int = Field(default=500, ge=0)
     latency_linger_ms: int = Field(default=0, ge=0)
     # Bulk paths (images, vectors) trade a little latency for larger batches.
     bulk_fetch_max_wait_ms: int = Field(default=50, ge=0)
