@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from imgsim_devstack.processes import KafkaBroker, RedisServer, free_port
+from imgsim_gateway.app import create_app
+from imgsim_gateway.settings import GatewaySettings
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,16 @@ def _docker_reachable() -> bool:
     except Exception:
         return False
     return True
+
+
+@asynccontextmanager
+async def in_process_gateway(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway app in this process, its lifespan running, and a client of it."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as c:
+            yield c
 
 
 @pytest.fixture(scope="session")

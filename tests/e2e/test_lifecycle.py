@@ -22,9 +22,8 @@ from imgsim_core.contracts import ImageEmbedded, pack_vector
 from imgsim_core.settings import KafkaSettings, RedisSettings
 from imgsim_devstack.processes import free_port
 from imgsim_embedder.testimages import distinct_image
-from imgsim_gateway.app import create_app
 from imgsim_gateway.settings import GatewaySettings
-from tests.conftest import Services
+from tests.conftest import Services, in_process_gateway
 from tests.e2e.conftest import RunningStack as Stack
 from tests.e2e.conftest import running_stack
 
@@ -283,15 +282,12 @@ async def test_redis_down_degrades_to_no_cache_and_searches_still_work(stack: St
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2),
         rate_limit="1000/second",
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60) as c:
-            ready = await c.get("/api/v1/ready")
-            assert ready.status_code == 200
-            assert ready.json()["status"] == "degraded"
-            assert ready.json()["checks"]["redis"] == "down"
-            for _ in range(2):
-                response = await c.post("/api/v1/search", json={"image_data": b64(image(1))})
-                assert response.status_code == 200, response.text
-                assert response.json()["cached"] is False
+    async with in_process_gateway(settings) as c:
+        ready = await c.get("/api/v1/ready")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "degraded"
+        assert ready.json()["checks"]["redis"] == "down"
+        for _ in range(2):
+            response = await c.post("/api/v1/search", json={"image_data": b64(image(1))})
+            assert response.status_code == 200, response.text
+            assert response.json()["cached"] is False

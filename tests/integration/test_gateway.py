@@ -14,9 +14,8 @@ from pydantic import SecretStr
 
 from imgsim_core.settings import ImageLimits, KafkaSettings, RedisSettings
 from imgsim_devstack.processes import free_port
-from imgsim_gateway.app import create_app
 from imgsim_gateway.settings import GatewaySettings
-from tests.conftest import Services
+from tests.conftest import Services, in_process_gateway
 from tests.imagegen import make_image, png_bomb
 
 pytestmark = pytest.mark.integration
@@ -31,12 +30,9 @@ async def gateway(infra: Services, topic_prefix: str) -> AsyncIterator[httpx.Asy
         search_timeout_s=1.0,
         status_timeout_s=0.5,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            client.settings = settings  # type: ignore[attr-defined]
-            yield client
+    async with in_process_gateway(settings) as client:
+        client.settings = settings  # type: ignore[attr-defined]
+        yield client
 
 
 def b64(data: bytes) -> str:
@@ -141,11 +137,8 @@ async def secured(infra: Services, topic_prefix: str) -> AsyncIterator[httpx.Asy
         cors_origins=["https://app.example.com"],
         status_timeout_s=0.3,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            yield client
+    async with in_process_gateway(settings) as client:
+        yield client
 
 
 async def test_api_keys_are_required_when_set(secured: httpx.AsyncClient) -> None:
@@ -186,13 +179,10 @@ async def test_rate_limit_lets_requests_through_when_redis_is_down(
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2),
         rate_limit="1/hour",
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            body = {"image_data": b64(make_image(7)), "image_id": "x"}
-            for _ in range(3):
-                assert (await client.post("/api/v1/index", json=body)).status_code == 202
+    async with in_process_gateway(settings) as client:
+        body = {"image_data": b64(make_image(7)), "image_id": "x"}
+        for _ in range(3):
+            assert (await client.post("/api/v1/index", json=body)).status_code == 202
 
 
 async def test_cors_allows_only_configured_origins(secured: httpx.AsyncClient) -> None:
@@ -216,14 +206,11 @@ async def test_wait_true_without_an_indexer_is_504_and_the_write_stays(
         wait_timeout_s=1.0,
         status_timeout_s=0.3,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-            response = await client.post(
-                "/api/v1/index?wait=true",
-                json={"image_data": b64(make_image(8)), "image_id": "w"},
-            )
+    async with in_process_gateway(settings) as client:
+        response = await client.post(
+            "/api/v1/index?wait=true",
+            json={"image_data": b64(make_image(8)), "image_id": "w"},
+        )
     assert response.status_code == 504
     assert "will still be applied" in response.json()["error"]["message"]
     consumer = AIOKafkaConsumer(

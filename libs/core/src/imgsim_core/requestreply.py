@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from imgsim_core.kafka import now_ms, produced_headers
+from imgsim_core.kafka import header, now_ms, produced_headers
 from imgsim_core.topics import Header
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class Requester:
                     self._resolve(record)
 
     def _resolve(self, record: Any) -> None:
-        cid = next((v for k, v in record.headers if k == Header.CORRELATION_ID), None)
+        cid = header(record.headers, Header.CORRELATION_ID)
         future = self._pending.get(cid.decode("utf-8", "replace")) if cid else None
         if future is None or future.done():
             log.debug("dropping a reply nobody waits for (correlation id %r)", cid)

@@ -54,6 +54,7 @@ from imgsim_indexer.store import (
     PayloadIndexes,
     Point,
     StoredImage,
+    collection_version,
     hit_from_payload,
     stored_from_payload,
     to_payload,
@@ -236,7 +237,7 @@ class EdgeStore:
         """The shards of this collection on disk, oldest first."""
         prefix = f"{self.collection}_v"
         names = [p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith(prefix)]
-        return sorted(names, key=_version)
+        return sorted(names, key=collection_version)
 
     async def aliased(self) -> str | None:
         pointer = self.root / CURRENT_FILE
@@ -299,11 +300,6 @@ def _condition(clause: Clause) -> qe.ConditionType:
 def _floats(vector: Vector) -> list[float]:
     values: list[float] = np.asarray(vector, dtype=np.float32).tolist()
     return values
-
-
-def _version(name: str) -> int:
-    tail = name.rsplit("_v", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
 
 
 def _write_atomically(path: Path, text: str) -> None:

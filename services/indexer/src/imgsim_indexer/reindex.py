@@ -48,7 +48,7 @@ from imgsim_core.contracts import ReindexStatus
 from imgsim_indexer.errors import StoreError
 from imgsim_indexer.operations import plan_batch
 from imgsim_indexer.settings import IndexerSettings
-from imgsim_indexer.store import VectorStore, open_store
+from imgsim_indexer.store import VectorStore, collection_version, open_store
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Reindexer:
         store = self.live.store
         existing = await store.collections()
         current = await store.aliased() or store.collection
-        version = max([_version(c) for c in [*existing, current]] + [0]) + 1
+        version = max([collection_version(c) for c in [*existing, current]] + [0]) + 1
         target_name = f"{self.settings.qdrant.collection}_v{version}"
         target = open_store(
             self.settings.qdrant,
@@ -193,11 +193,7 @@ class Reindexer:
         )
         await consumer.start()
         try:
-            partitions = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            if not partitions:
-                partitions = await _partitions(consumer, topic)
+            partitions = await _partitions(consumer, topic)
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             begins = await consumer.beginning_offsets(partitions)
@@ -273,10 +269,8 @@ async def _close_later(store: VectorStore, after_s: float) -> None:
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    await consumer._client.force_metadata_update()
+    """The topic's partitions; refreshes the consumer's metadata when it has none yet
+    (``consumer.topics()`` fetches metadata but does not store it)."""
+    if not consumer.partitions_for_topic(topic):
+        await consumer._client.force_metadata_update()  # aiokafka has no public call for it
     return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-
-
-def _version(name: str) -> int:
-    tail = name.rsplit("_v", 1)[-1]
-    return int(tail) if tail.isdigit() else 0

@@ -46,6 +46,7 @@ from imgsim_indexer.store import (
     PayloadIndexes,
     Point,
     StoredImage,
+    collection_version,
     hit_from_payload,
     stored_from_payload,
     to_payload,
@@ -157,7 +158,7 @@ class ServerStore:
                 for c in (await self._opened().get_collections()).collections
                 if c.name.startswith(prefix)
             ]
-        return sorted(names, key=lambda n: int(n.rsplit("_v", 1)[-1] or 0))
+        return sorted(names, key=collection_version)
 
     async def aliased(self) -> str | None:
         async with self._errors("get aliases"):

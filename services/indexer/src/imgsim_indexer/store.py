@@ -141,6 +141,12 @@ SOURCE_PARTITION = "source_partition"
 SOURCE_OFFSET = "source_offset"
 
 
+def collection_version(name: str) -> int:
+    """N of a real collection named ``<collection>_v<N>`` (0 for any other name)."""
+    tail = name.rsplit("_v", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def to_payload(point: Point) -> dict[str, Any]:
     return {
         IMAGE_ID: point.image_id,
