@@ -66,3 +66,16 @@ def test_duplicate_ids_across_folders(tree: Path, tmp_path: Path) -> None:
 def test_missing_path_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         walk([tmp_path / "nope"])
+
+
+@pytest.mark.parametrize("image_id", ["a\u00a0b.jpg", "a\u200bb.jpg", "a/../b.jpg", "a//b.jpg"])
+async def test_direct_mode_refuses_ids_the_pipeline_would_dead_letter(image_id: str) -> None:
+    from imgsim_cli.direct import DirectProducer
+    from imgsim_cli.errors import CliError
+    from imgsim_core.settings import ImageLimits, KafkaSettings
+
+    producer = DirectProducer(KafkaSettings(bootstrap_servers="127.0.0.1:1"), ImageLimits())
+    for send in (producer.index(image_id, b"x", {}), producer.delete(image_id)):
+        with pytest.raises(CliError) as err:
+            await send
+        assert err.value.code == "bad_key"

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -39,6 +40,13 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 async def test_index_produces_the_raw_image_keyed_by_id(gateway: httpx.AsyncClient) -> None:
     image = make_image(1, fmt="JPEG")
     response = await gateway.post(
@@ -46,7 +54,10 @@ async def test_index_produces_the_raw_image_keyed_by_id(gateway: httpx.AsyncClie
         json={"image_data": b64(image), "image_id": "cats/1.jpg", "metadata": {"tags": ["cat"]}},
     )
     assert response.status_code == 202
-    assert response.json() == {"image_id": "cats/1.jpg", "status": "accepted"}
+    body = response.json()
+    assert (body["image_id"], body["status"], body["success"]) == ("cats/1.jpg", "accepted", True)
+    assert body["message"]
+    assert body["processing_time_ms"] >= 0
 
     settings: GatewaySettings = gateway.settings  # type: ignore[attr-defined]
     consumer = AIOKafkaConsumer(
@@ -82,12 +93,26 @@ async def test_index_produces_the_raw_image_keyed_by_id(gateway: httpx.AsyncClie
          422, "validation_error"),
         ({"image_data": b64(make_image(2)), "image_id": "a", "metadata": {"k": "v" * 20000}},
          400, "metadata_too_large"),
+        # The one id rule: what the embedder would dead-letter is refused here.
+        *[({"image_data": b64(make_image(2)), "image_id": f"a{c}b"}, 422, "validation_error")
+          for c in ("\u00a0", "\u200b", "\u202e", "\u0085")],
+        *[({"image_data": b64(make_image(2)), "image_id": i}, 422, "validation_error")
+          for i in ("a/../b", "../a", "a/./b", "a//b", "a/", "..")],
+        ({"image_data": b64(make_image(2)), "image_id": "a", "metadata": {"x": float("nan")}},
+         400, "invalid_metadata"),
+        ({"image_data": b64(make_image(2)), "image_id": "a", "metadata": {"x": [float("inf")]}},
+         400, "invalid_metadata"),
+        ({"image_data": b64(make_image(2)), "image_id": "a", "metadata": {"x": nested(40)}},
+         400, "invalid_metadata"),
+        ({"image_data": b64(make_image(2)), "image_id": "a", "extra": 1}, 422, "validation_error"),
     ],
 )  # fmt: skip
 async def test_bad_index_input_gets_a_clear_4xx(
     gateway: httpx.AsyncClient, body: dict[str, object], status: int, code: str
 ) -> None:
-    response = await gateway.post("/api/v1/index", json=body)
+    response = await gateway.post(  # json.dumps writes NaN and Infinity; httpx's json= refuses
+        "/api/v1/index", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code
@@ -103,6 +128,79 @@ async def test_oversized_body_is_rejected_from_content_length(gateway: httpx.Asy
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_good_ids_are_accepted_and_addressable(gateway: httpx.AsyncClient) -> None:
+    for image_id in ("cats/1.jpg", "/abs/photo.jpg", "a..b", ".hidden/x", "ä ö"):
+        response = await gateway.post(
+            "/api/v1/index", json={"image_data": b64(make_image(2)), "image_id": image_id}
+        )
+        assert response.status_code == 202, (image_id, response.text)
+    # (a/../b is not even sendable: the HTTP client turns it into /api/v1/images/b)
+    for path in ("/api/v1/images/a%C2%A0b", "/api/v1/images/a//b", "/api/v1/images/a/"):
+        response = await gateway.delete(path)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["code"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"image_data": "aGk=", "top_k": "5"}', "validation_error"),
+        (b'{"image_data": "aGk=", "top_k": true}', "validation_error"),
+        (b'{"image_data": "aGk=", "top_k": 5.0}', "validation_error"),
+        (b'{"image_data": "aGk=", "include_metadata": "yes"}', "validation_error"),
+        (b'{"image_data": "aGk=", "threshold": "0.5"}', "validation_error"),
+        (b'{"image_data": 5}', "validation_error"),
+    ],
+)
+async def test_search_fields_have_strict_types(
+    gateway: httpx.AsyncClient, body: bytes, code: str
+) -> None:
+    response = await gateway.post(
+        "/api/v1/search", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"image_data": ',
+        b'{"image_data": "aGk=", "image_id": "a", "metadata": ' + b'{"a": ' * 1000 + b"1"
+        + b"}" * 1001,
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)  # fmt: skip
+async def test_malformed_or_deeply_nested_json_is_400_invalid_body(
+    gateway: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await gateway.post(
+        "/api/v1/index", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_body"
+
+
+async def test_seed_clients_base64_forms_are_accepted(gateway: httpx.AsyncClient) -> None:
+    """A data-URL prefix and MIME base64 (76-character lines, CRLF) as the seed accepted."""
+    image = make_image(5)
+    mime = base64.encodebytes(image).decode().replace("\n", "\r\n")
+    for image_data in (
+        f"data:image/png;base64,{b64(image)}",
+        mime,
+        f"data:image/png;base64,{mime}",
+    ):
+        response = await gateway.post(
+            "/api/v1/index", json={"image_data": image_data, "image_id": "seed/1.png"}
+        )
+        assert response.status_code == 202, response.text
+    bad = await gateway.post(
+        "/api/v1/index", json={"image_data": "data:image/png,notbase64", "image_id": "x"}
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_base64"
 
 
 @pytest.mark.parametrize("top_k", [0, 101])
@@ -121,7 +219,11 @@ async def test_search_without_a_pipeline_times_out_with_504(gateway: httpx.Async
 
 
 async def test_health_and_readiness_without_an_indexer(gateway: httpx.AsyncClient) -> None:
-    assert (await gateway.get("/api/v1/health")).json() == {"status": "ok"}
+    health = (await gateway.get("/api/v1/health")).json()
+    assert health["status"] == "healthy"  # the seed's shape
+    assert health["services"] == {"gateway": "healthy"}
+    assert health["version"]
+    assert datetime.fromisoformat(health["timestamp"]) <= datetime.now(UTC)
     ready = await gateway.get("/api/v1/ready")
     assert ready.status_code == 503
     assert ready.json()["checks"] == {"kafka": "up", "redis": "up", "vector_store": "down"}

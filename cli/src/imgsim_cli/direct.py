@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from imgsim_cli.errors import CliError, ConnectionFailed
 from imgsim_cli.responses import Metadata
-from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH
+from imgsim_core.ids import ImageIdError, check_image_id
 from imgsim_core.images import ImageError, inspect_image
 from imgsim_core.kafka import encode_metadata, make_producer, produced_headers
 from imgsim_core.settings import ImageLimits, KafkaSettings
@@ -75,8 +75,7 @@ class DirectProducer:
             raise CliError(f"Kafka refused {image_id!r}: {exc}", "kafka_error") from None
 
     async def index(self, image_id: str, data: bytes, metadata: Metadata) -> None:
-        if not 1 <= len(image_id) <= MAX_IMAGE_ID_LENGTH or not image_id.isprintable():
-            raise CliError("the id must be 1-256 characters without control characters", "bad_key")
+        _check_id(image_id)
         encoded = encode_metadata(metadata)
         if len(encoded) > self._limits.max_metadata_bytes:
             raise CliError(
@@ -93,4 +92,12 @@ class DirectProducer:
 
     async def delete(self, image_id: str) -> None:
         """A tombstone: the image id with a null value."""
+        _check_id(image_id)
         await self._send(image_id, None, produced_headers())
+
+
+def _check_id(image_id: str) -> None:
+    try:
+        check_image_id(image_id)
+    except ImageIdError as exc:
+        raise CliError(f"{image_id!r}: {exc}", "bad_key") from None

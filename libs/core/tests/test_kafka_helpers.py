@@ -28,7 +28,9 @@ def record(**kw: object) -> ConsumerRecord[bytes, bytes]:
 def test_decode_key() -> None:
     assert decode_key("photos/ä.jpg".encode()) == "photos/ä.jpg"
     for bad, code in [(None, "empty_key"), (b"", "empty_key"), (b"\xff", "bad_key"),
-                      (b"a\nb", "bad_key"), (b"x" * 257, "bad_key")]:  # fmt: skip
+                      (b"a\nb", "bad_key"), (b"x" * 257, "bad_key"),
+                      ("a\u00a0b".encode(), "bad_key"), ("a\u200bb".encode(), "bad_key"),
+                      (b"a/../b", "bad_key")]:  # fmt: skip
         with pytest.raises(EventError) as err:
             decode_key(bad)
         assert err.value.code == code

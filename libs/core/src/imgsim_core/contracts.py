@@ -9,6 +9,7 @@ numbers.
 from __future__ import annotations
 
 import base64
+import math
 import re
 import uuid
 from datetime import datetime
@@ -17,14 +18,46 @@ from typing import Annotated, Literal
 import numpy as np
 import numpy.typing as npt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic_core import PydanticCustomError
+
+from imgsim_core.ids import MAX_IMAGE_ID_LENGTH
 
 # Point ids are derived from image ids, so a redelivered event overwrites, never duplicates.
 POINT_NAMESPACE = uuid.UUID("6f1d6c2e-1b8e-5c55-9a51-2f3b2f6a9e10")
 
 Metadata = dict[str, JsonValue]
+
+
+MAX_METADATA_DEPTH = 32
+
+
+def finite_metadata(metadata: Metadata) -> Metadata:
+    """Refuse NaN and ±Infinity anywhere in metadata, and nesting over 32 levels.
+
+    Python's and pydantic's JSON parsers both read ``NaN``, ``Infinity`` and ``1e999``;
+    stored, they would come back as null. The error type is ``invalid_metadata``.
+    """
+    stack: list[tuple[JsonValue, int]] = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PydanticCustomError(
+                "invalid_metadata", "metadata has NaN or Infinity, which JSON cannot carry"
+            )
+        if isinstance(value, dict | list) and depth > MAX_METADATA_DEPTH:
+            raise PydanticCustomError(
+                "invalid_metadata", f"metadata is nested over {MAX_METADATA_DEPTH} levels"
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    return metadata
+
+
+FiniteMetadata = Annotated[Metadata, AfterValidator(finite_metadata)]
 Vector = npt.NDArray[np.float32]
 
-MAX_IMAGE_ID_LENGTH = 256
 TopK = Annotated[int, Field(ge=1, le=100, description="How many results, 1–100.")]
 Threshold = Annotated[
     float, Field(ge=-1.0, le=1.0, description="Minimum cosine similarity of a result.")

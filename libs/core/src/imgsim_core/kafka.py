@@ -21,15 +21,16 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka.message import KafkaMessage
-from pydantic import JsonValue, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH, Metadata
+from imgsim_core.contracts import FiniteMetadata, Metadata
+from imgsim_core.ids import ImageIdError, check_image_id
 from imgsim_core.settings import KafkaSettings
 from imgsim_core.topics import CONTRACT_VERSION, Header
 from imgsim_core.tracing import source_context, trace_headers
 
 log = logging.getLogger(__name__)
-_METADATA = TypeAdapter(dict[str, JsonValue])
+_METADATA: TypeAdapter[Metadata] = TypeAdapter(FiniteMetadata)
 RawHeaders = Sequence[tuple[str, bytes]]
 
 
@@ -52,16 +53,17 @@ def header(headers: RawHeaders, name: str) -> bytes | None:
 
 
 def decode_key(key: bytes | None) -> str:
-    """A record key as an image id: UTF-8, 1–256 characters, no control characters."""
+    """A record key as an image id: UTF-8 and :func:`imgsim_core.ids.check_image_id`."""
     if not key:
         raise EventError("empty_key", "the record has no key (the image id)")
     try:
         image_id = key.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EventError("bad_key", "the key is not UTF-8") from exc
-    if len(image_id) > MAX_IMAGE_ID_LENGTH or not image_id.isprintable():
-        raise EventError("bad_key", "the key is over 256 characters or has control characters")
-    return image_id
+    try:
+        return check_image_id(image_id)
+    except ImageIdError as exc:
+        raise EventError("bad_key", f"the key breaks the image-id rule: {exc}") from exc
 
 
 def decode_metadata(raw: bytes | None, max_bytes: int) -> Metadata:
@@ -73,11 +75,13 @@ def decode_metadata(raw: bytes | None, max_bytes: int) -> Metadata:
     try:
         return _METADATA.validate_json(raw)
     except ValidationError as exc:
-        raise EventError("bad_metadata", "the metadata header is not a JSON object") from exc
+        raise EventError(
+            "bad_metadata", "the metadata header is not a JSON object of finite numbers"
+        ) from exc
 
 
 def encode_metadata(metadata: Metadata) -> bytes:
-    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def produced_headers(

@@ -159,10 +159,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}"
             for err in exc.errors()
         )
+        types = {err["type"] for err in exc.errors()}
+        if "json_invalid" in types:
+            return error_response(400, "invalid_body", f"the body is not valid JSON: {problems}")
+        if "invalid_metadata" in types:
+            return error_response(400, "invalid_metadata", problems)
         return error_response(422, "validation_error", problems or "invalid request")
 
     @app.exception_handler(HTTPException)
     async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not parse the body (nested too deep, ...)
+            message = f"{exc.detail}: malformed, or JSON nested too deep to parse"
+            return error_response(400, "invalid_body", message)
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     app.add_middleware(

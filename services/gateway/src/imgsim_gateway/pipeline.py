@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -78,9 +79,23 @@ _WAIT_POLL_S = 0.1
 _Reply = TypeVar("_Reply", bound=BaseModel)
 
 
+_DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
+_MIME_BREAKS = str.maketrans("", "", " \t\r\n")
+
+
 def decode_base64(data: str) -> bytes:
+    """Standard base64, as a data URL (``data:image/png;base64,...``) too, and with the
+    line breaks of MIME base64 (RFC 2045); any other character is refused."""
+    if data.startswith("data:"):
+        prefix = _DATA_URL.match(data)
+        if prefix is None:
+            raise BadRequestError(
+                "image_data is a data URL that is not data:<type>;base64,...",
+                code="invalid_base64",
+            )
+        data = data[prefix.end() :]
     try:
-        return base64.b64decode(data, validate=True)
+        return base64.b64decode(data.translate(_MIME_BREAKS), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequestError("image_data is not valid base64", code="invalid_base64") from exc
 

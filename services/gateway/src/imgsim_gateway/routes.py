@@ -5,21 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi import status as http
-from pydantic import JsonValue, TypeAdapter, ValidationError
+from pydantic import AfterValidator, JsonValue, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imgsim_core.contracts import ReindexStatus, SearchHit
+from imgsim_core import __version__
+from imgsim_core.contracts import FiniteMetadata, ReindexStatus, SearchHit
+from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
 from imgsim_gateway.errors import BadRequestError, GatewayError, NotFoundError
 from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.pipeline import Pipeline, decode_base64
 from imgsim_gateway.pipeline import Query as SearchQuery
 from imgsim_gateway.schemas import (
-    IMAGE_ID_PATTERN,
     BatchIndexRequest,
     BatchIndexResponse,
     BatchItemResult,
@@ -44,7 +47,7 @@ from imgsim_gateway.schemas import (
 from imgsim_gateway.security import enforce_rate_limit, require_api_key
 
 log = logging.getLogger(__name__)
-_METADATA = TypeAdapter(dict[str, JsonValue])
+_METADATA: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(FiniteMetadata)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
@@ -79,16 +82,28 @@ Wait = Annotated[
                 "a bound, and the write still happens.")
 ]  # fmt: skip
 ImageIdPath = Annotated[
-    str, Path(min_length=1, max_length=256, pattern=IMAGE_ID_PATTERN, examples=["cats/1.jpg"])
-]
+    str,
+    Path(min_length=1, max_length=MAX_IMAGE_ID_LENGTH, description=IMAGE_ID_RULE,
+         examples=["cats/1.jpg"]),
+    AfterValidator(check_image_id),
+]  # fmt: skip
 
 
 async def _index(pipe: Pipeline, image_id: str, data: bytes, metadata: dict[str, JsonValue],
                  wait: bool) -> IndexAccepted:  # fmt: skip
+    started = time.perf_counter()
     written = await pipe.submit_image(image_id, data, metadata)
     if wait:
         await pipe.wait_visible(written, deleted=False)
-    return IndexAccepted(image_id=image_id, status="indexed" if wait else "accepted")
+    return IndexAccepted(
+        image_id=image_id, status="indexed" if wait else "accepted",
+        message=f"image {image_id!r} " + ("is searchable" if wait else "is queued for indexing"),
+        processing_time_ms=_ms_since(started),
+    )  # fmt: skip
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
 
 
 @router.post(
@@ -107,14 +122,20 @@ async def index_image(body: IndexRequest, pipe: PipelineDep, wait: Wait = False)
 async def upload_image(
     pipe: PipelineDep,
     file: Annotated[UploadFile, File(description="The image file.")],
-    image_id: Annotated[str, Form(min_length=1, max_length=256, pattern=IMAGE_ID_PATTERN)],
+    image_id: Annotated[
+        str,
+        Form(min_length=1, max_length=MAX_IMAGE_ID_LENGTH, description=IMAGE_ID_RULE),
+        AfterValidator(check_image_id),
+    ],
     metadata: Annotated[str, Form(description="A JSON object, as text.")] = "{}",
     wait: Wait = False,
 ) -> IndexAccepted:
     try:
         parsed = _METADATA.validate_json(metadata)
     except ValidationError as exc:
-        raise BadRequestError("metadata must be a JSON object", code="invalid_metadata") from exc
+        raise BadRequestError(
+            "metadata must be a JSON object without NaN or Infinity", code="invalid_metadata"
+        ) from exc
     data = await file.read(pipe.settings.limits.max_bytes + 1)
     return await _index(pipe, image_id, data, parsed, wait)
 
@@ -175,11 +196,11 @@ async def delete_image(
 async def _search(pipe: Pipeline, query: SearchQuery, options: SearchOptions) -> SearchResponse:
     started = time.perf_counter()
     hits, cached = await pipe.search(query, options)
+    took_ms = _ms_since(started)
     return SearchResponse(
-        results=[_result(h) for h in hits],
-        took_ms=round((time.perf_counter() - started) * 1000, 2),
-        cached=cached,
-    )
+        results=[_result(h) for h in hits], took_ms=took_ms, cached=cached,
+        query_id=str(uuid.uuid4()), total_found=len(hits), search_time_ms=took_ms,
+    )  # fmt: skip
 
 
 def _result(hit: SearchHit) -> SearchResult:
@@ -270,7 +291,7 @@ async def drop_old_collections(pipe: PipelineDep) -> ReindexStatus:
 
 @open_router.get("/health", response_model=Health, summary="Liveness")
 async def health() -> Health:
-    return Health(status="ok")
+    return Health(timestamp=datetime.now(UTC), version=__version__, services={"gateway": "healthy"})
 
 
 @open_router.get(

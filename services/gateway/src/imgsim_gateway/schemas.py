@@ -10,21 +10,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from imgsim_core.contracts import MAX_IMAGE_ID_LENGTH, Filter, Metadata, Threshold, TopK
+from imgsim_core.contracts import Filter, FiniteMetadata, Metadata, Threshold, TopK
+from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
 
-IMAGE_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 ImageId = Annotated[
     str,
     Field(
         min_length=1,
         max_length=MAX_IMAGE_ID_LENGTH,
-        pattern=IMAGE_ID_PATTERN,
-        description="Your id for the image: 1–256 characters, no control characters.",
+        description=f"Your id for the image: {IMAGE_ID_RULE}.",
         examples=["products/sku-1234.jpg"],
     ),
+    AfterValidator(check_image_id),
 ]
+
+
 MAX_BATCH_ITEMS = 100
 _B64_EXAMPLE = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
@@ -32,7 +34,9 @@ _B64_EXAMPLE = (
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields and coerced types (``"5"`` or ``true`` as an int) refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class IndexRequest(_Body):
@@ -41,9 +45,10 @@ class IndexRequest(_Body):
         examples=[_B64_EXAMPLE],
     )
     image_id: ImageId
-    metadata: Metadata = Field(
+    metadata: FiniteMetadata = Field(
         default_factory=dict,
-        description="A JSON object stored with the image and returned with results.",
+        description="A JSON object stored with the image and returned with results; "
+        "NaN and Infinity are refused.",
         examples=[{"tags": ["nature", "landscape"], "source": "user_upload"}],
     )
 
@@ -54,6 +59,9 @@ class IndexAccepted(BaseModel):
         description="accepted: durable in Kafka, searchable shortly; indexed: searchable now "
         "(with wait=true)."
     )
+    success: bool = Field(default=True, description="The seed's field: always true on 202.")
+    message: str = Field(default="", description="The seed's field: what happened, in words.")
+    processing_time_ms: float = Field(default=0.0, description="The seed's field: time taken.")
 
 
 class BatchIndexRequest(_Body):
@@ -131,6 +139,9 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
     took_ms: float
     cached: bool = Field(default=False, description="Served from the result cache.")
+    query_id: str = Field(description="The seed's field: an id of this search (a UUID).")
+    total_found: int = Field(description="The seed's field: how many results.")
+    search_time_ms: float = Field(description="The seed's field: the same as took_ms.")
 
 
 class ImageInfo(BaseModel):
@@ -142,7 +153,15 @@ class ImageInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    """Liveness of this gateway process; ``/ready`` checks what is behind it."""
+
+    status: Literal["healthy"] = "healthy"
+    timestamp: datetime = Field(description="The seed's field: now, UTC.")
+    version: str = Field(description="The seed's field: imgsim's version.")
+    services: dict[str, str] = Field(
+        description="The seed's field: each part of this process and its status.",
+        examples=[{"gateway": "healthy"}],
+    )
 
 
 class Readiness(BaseModel):
