@@ -4,7 +4,9 @@ An image becomes a 1-element tensor holding its top-left red value; a row's vect
 ``[value, 0, 0, 0]`` (texts: ``[len(text), 1, 0, 0]``), so tests can tell rows apart and
 check their order. Every forward pass is recorded; ``gate`` can hold passes back, and a
 row whose value is ``FAIL`` makes its whole pass raise. ``poison`` names red values that
-preprocess to ``FAIL``; ``failures`` makes the next that many image passes raise.
+preprocess to ``FAIL``; ``failures`` makes the next that many image passes raise. A
+stepwise pass takes two steps before its forward pass; ``step_gate`` holds it after the
+first (``stepped`` says it got there), so tests can send queries in between.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgsim_embedder.model import Vectors
+from imgsim_embedder.model import Steps, Vectors
 
 FAIL = -1.0
 
@@ -31,6 +33,9 @@ class FakeEncoder:
         self.entered = threading.Event()
         self.poison: set[int] = set()
         self.failures = 0
+        self.step_gate = threading.Event()
+        self.step_gate.set()
+        self.stepped = threading.Event()
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         red = img.convert("RGB").getpixel((0, 0))
@@ -49,6 +54,13 @@ class FakeEncoder:
         out = np.zeros((batch.shape[0], self.dim), dtype=np.float32)
         out[:, 0] = batch[:, 0].numpy()
         return out
+
+    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+        yield
+        self.stepped.set()
+        self.step_gate.wait(10)
+        yield
+        return self.encode_images(batch)
 
     def encode_texts(self, texts: list[str]) -> Vectors:
         self.calls.append(("text", len(texts)))

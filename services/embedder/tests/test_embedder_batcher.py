@@ -58,6 +58,26 @@ async def test_urgent_rows_go_before_bulk(batcher: MicroBatcher, fake: FakeEncod
     assert fake.calls == [("image", 4), ("image", 1), ("text", 1), ("image", 4)]
 
 
+async def test_queries_run_between_the_steps_of_a_bulk_pass(
+    batcher: MicroBatcher, fake: FakeEncoder
+) -> None:
+    fake.step_gate.clear()
+    bulk = asyncio.create_task(
+        batcher.embed_images([row(float(i)) for i in range(4)], urgent=False)
+    )
+    assert await asyncio.to_thread(fake.stepped.wait, 5)  # the bulk pass is between steps
+    query = asyncio.create_task(batcher.embed_images([row(9.0)], urgent=True))
+    text = asyncio.create_task(batcher.embed_text(["cat"]))
+    await asyncio.sleep(0.01)
+    fake.step_gate.set()
+    vectors, image, texts = await asyncio.gather(bulk, query, text)
+    # the bulk pass had started first, yet both queries ran before its forward pass ended
+    assert fake.calls == [("image", 1), ("text", 1), ("image", 4)]
+    assert vectors[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert image[0, 0] == 9.0
+    assert texts[0, 0] == 3.0
+
+
 async def test_images_and_texts_never_share_a_pass(
     batcher: MicroBatcher, fake: FakeEncoder
 ) -> None:

@@ -62,3 +62,21 @@ def test_each_image_is_its_own_nearest_alone_or_in_a_batch(
     sims = queried @ indexed.T
     assert np.diag(sims).min() >= 0.99
     assert (sims.argmax(axis=1) == np.arange(8)).all()
+
+
+def test_the_stepwise_pass_gives_the_whole_pass_vectors(
+    encoder: ClipEncoder, images: torch.Tensor
+) -> None:
+    steps = encoder.encode_images_in_steps(images)
+    taken = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            stepwise = done.value
+            break
+        taken += 1
+        # another pass between two steps (a query served first) changes nothing
+        encoder.encode_images(images[:1])
+    assert taken == 13  # the embedding, 12 residual blocks, then the head
+    np.testing.assert_array_equal(stepwise, encoder.encode_images(images))

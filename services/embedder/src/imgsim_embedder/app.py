@@ -44,7 +44,13 @@ async def open_state(settings: EmbedderSettings) -> AsyncIterator[EmbedderState]
         pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="imgsim-prep")
         stack.callback(pool.shutdown, wait=False, cancel_futures=True)
         encoder = await asyncio.to_thread(ClipEncoder.load, settings.model)
-        batcher = MicroBatcher(encoder, settings.max_batch, settings.max_wait_ms)
+        batcher = MicroBatcher(
+            encoder,
+            settings.max_batch,
+            settings.max_wait_ms,
+            urgent_max_batch=settings.query_max_batch,
+            urgent_wait_ms=settings.query_max_wait_ms,
+        )
         batcher.start()
         stack.push_async_callback(batcher.stop)
         producer = make_producer(settings.kafka, linger_ms=settings.kafka.bulk_linger_ms)

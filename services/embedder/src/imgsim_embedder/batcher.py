@@ -10,9 +10,16 @@ Decisions:
   and bulk images (indexing). A batch is taken from the urgent queue whose head is
   oldest, and from the bulk queue only when no urgent row waits. Images and texts never
   share a forward pass (different towers).
-- A batch waits at most ``max_wait_ms`` counted from the arrival of its oldest row, or
-  until ``max_batch`` rows are there; a bulk batch stops waiting as soon as an urgent row
-  arrives. Rows that waited behind a running batch are therefore not delayed further.
+- A bulk batch waits at most ``max_wait_ms`` counted from the arrival of its oldest row,
+  or until ``max_batch`` rows are there; it stops waiting as soon as an urgent row
+  arrives. Urgent batches wait ``urgent_wait_ms`` (default 0: they run as soon as the
+  model is free, and the queries that arrive during a pass form the next batch).
+- Queries never wait behind a whole bulk batch: a bulk pass runs a step at a time
+  (:meth:`ImageEncoder.encode_images_in_steps`, one transformer block a step), and
+  between two steps every waiting urgent row is served first. A query therefore waits
+  at most one block of a bulk pass (~1/13 of it), while bulk batches keep the size that
+  gives the model its best throughput. The steps run on the same inference thread, one
+  after another, so nothing runs two passes at once.
 - One future per row: a caller's rows may span batches, and an encoder exception fails
   only the rows of that batch (and so only their callers). A caller that gives up
   (cancelled) leaves cancelled futures, which the worker skips.
@@ -25,10 +32,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -37,12 +44,13 @@ from prometheus_client import Histogram
 
 from imgsim_core.tracing import batch_step, linked_span
 from imgsim_embedder.errors import BatcherClosedError, InferenceError
-from imgsim_embedder.model import ImageEncoder, Vectors
+from imgsim_embedder.model import ImageEncoder, Steps, Vectors
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["image", "urgent_image", "text"]
 T = TypeVar("T", torch.Tensor, str)
+R = TypeVar("R")
 
 BATCH_SIZE = Histogram(
     "imgsim_embedder_batch_size",
@@ -70,18 +78,29 @@ class _Row(Generic[T]):
 class MicroBatcher:
     """Forms batches from concurrent callers and runs them through an :class:`ImageEncoder`."""
 
-    def __init__(self, encoder: ImageEncoder, max_batch: int, max_wait_ms: float) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+    def __init__(
+        self,
+        encoder: ImageEncoder,
+        max_batch: int,
+        max_wait_ms: float,
+        *,
+        urgent_max_batch: int | None = None,
+        urgent_wait_ms: float = 0.0,
+    ) -> None:
+        if max_batch < 1 or (urgent_max_batch is not None and urgent_max_batch < 1):
+            raise ValueError("batch sizes must be at least 1")
         self.encoder = encoder
         self.max_batch = max_batch
+        self.urgent_max_batch = urgent_max_batch or max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000
+        self.urgent_wait_s = max(0.0, urgent_wait_ms) / 1000
         self._urgent: deque[_Row[torch.Tensor]] = deque()
         self._texts: deque[_Row[str]] = deque()
         self._bulk: deque[_Row[torch.Tensor]] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._preempted_s = 0.0  # urgent work run inside the current bulk pass
 
     @property
     def running(self) -> bool:
@@ -151,22 +170,35 @@ class MicroBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            if len(queue) < self.max_batch:
+            if len(queue) < self._limit(queue):
                 await self._fill(queue)
                 queue = self._next_queue()  # an urgent row may have come meanwhile
                 if queue is None:
                     continue
+            if queue is self._bulk:
+                await self._run_batch("image", self._take(self._bulk), self._encode_bulk)
+            else:
+                await self._serve_urgent()
+
+    async def _serve_urgent(self) -> None:
+        """Run urgent batches (queries) until none waits."""
+        while True:
+            queue = self._next_queue()
             if queue is self._texts:
                 await self._run_batch("text", self._take(self._texts), self._encode_texts)
             elif queue is self._urgent:
                 await self._run_batch("urgent_image", self._take(self._urgent), self._encode_images)
             else:
-                await self._run_batch("image", self._take(self._bulk), self._encode_images)
+                return
+
+    def _limit(self, queue: deque[_Row[torch.Tensor]] | deque[_Row[str]]) -> int:
+        return self.max_batch if queue is self._bulk else self.urgent_max_batch
 
     async def _fill(self, queue: deque[_Row[torch.Tensor]] | deque[_Row[str]]) -> None:
         """Wait until ``queue`` holds a full batch or its oldest row has waited long enough."""
-        deadline = queue[0].arrived + self.max_wait_s
-        while len(queue) < self.max_batch:
+        wait = self.max_wait_s if queue is self._bulk else self.urgent_wait_s
+        deadline = queue[0].arrived + wait
+        while len(queue) < self._limit(queue):
             if queue is self._bulk and (self._urgent or self._texts):
                 return
             remaining = deadline - time.monotonic()
@@ -179,25 +211,25 @@ class MicroBatcher:
 
     def _take(self, queue: deque[_Row[T]]) -> list[_Row[T]]:
         rows: list[_Row[T]] = []
-        while queue and len(rows) < self.max_batch:
+        limit = self.max_batch if queue is self._bulk else self.urgent_max_batch
+        while queue and len(rows) < limit:
             row = queue.popleft()
             if not row.future.done():
                 rows.append(row)
         return rows
 
     async def _run_batch(
-        self, kind: Kind, rows: list[_Row[T]], encode: Callable[[list[T]], Vectors]
+        self, kind: Kind, rows: list[_Row[T]], encode: Callable[[list[T]], Awaitable[Vectors]]
     ) -> None:
         if not rows:
             return
-        assert self._executor is not None
         payloads = [r.payload for r in rows]
         started = time.perf_counter()
+        if kind == "image":
+            self._preempted_s = 0.0
         try:
             with linked_span(f"{kind} forward pass", [r.origin for r in rows], rows=len(rows)):
-                vectors = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, encode, payloads
-                )
+                vectors = await encode(payloads)
             if vectors.shape[0] != len(rows):
                 raise InferenceError(f"the encoder gave {vectors.shape[0]} rows for {len(rows)}")
         except asyncio.CancelledError:
@@ -212,7 +244,7 @@ class MicroBatcher:
                 error.__cause__ = exc
                 _fail(rows, error)
             return
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started - (self._preempted_s if kind == "image" else 0)
         BATCH_SIZE.labels(kind).observe(len(rows))
         INFERENCE_SECONDS.labels(kind).observe(seconds)
         log.debug("%s batch of %d rows in %.1f ms", kind, len(rows), seconds * 1000)
@@ -220,13 +252,46 @@ class MicroBatcher:
             if not row.future.done():
                 row.future.set_result(vector)
 
-    def _encode_images(self, tensors: list[torch.Tensor]) -> Vectors:
-        """Runs on the inference thread."""
-        return self.encoder.encode_images(torch.stack(tensors))
+    def _on_inference_thread(self, fn: Callable[..., R], *args: object) -> asyncio.Future[R]:
+        assert self._executor is not None
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def _encode_texts(self, texts: list[str]) -> Vectors:
-        """Runs on the inference thread."""
-        return self.encoder.encode_texts(texts)
+    async def _encode_images(self, tensors: list[torch.Tensor]) -> Vectors:
+        return await self._on_inference_thread(_stack_and_encode, self.encoder, tensors)
+
+    async def _encode_texts(self, texts: list[str]) -> Vectors:
+        return await self._on_inference_thread(self.encoder.encode_texts, texts)
+
+    async def _encode_bulk(self, tensors: list[torch.Tensor]) -> Vectors:
+        """A bulk pass a step at a time, serving the urgent rows that wait between steps."""
+        steps = await self._on_inference_thread(_stack_and_start, self.encoder, tensors)
+        try:
+            while (vectors := await self._on_inference_thread(_advance, steps)) is None:
+                if self._urgent or self._texts:
+                    paused = time.perf_counter()
+                    await self._serve_urgent()
+                    self._preempted_s += time.perf_counter() - paused
+        finally:  # on the inference thread: a step may still run there after a cancel
+            if self._executor is not None:
+                self._executor.submit(steps.close)
+        return vectors
+
+
+def _stack_and_encode(encoder: ImageEncoder, tensors: list[torch.Tensor]) -> Vectors:
+    return encoder.encode_images(torch.stack(tensors))
+
+
+def _stack_and_start(encoder: ImageEncoder, tensors: list[torch.Tensor]) -> Steps:
+    return encoder.encode_images_in_steps(torch.stack(tensors))
+
+
+def _advance(steps: Steps) -> Vectors | None:
+    """Run one step; the vectors once the pass is done, else None."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        return cast(Vectors, done.value)
+    return None
 
 
 def _fail(rows: Iterable[_Row[T]], error: BaseException) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Protocol, cast
 
 import numpy as np
@@ -34,6 +34,7 @@ import numpy.typing as npt
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
 from PIL import Image
 from prometheus_client import Gauge
 
@@ -47,6 +48,7 @@ MODEL_LOAD_SECONDS = Gauge(
 )
 
 Vectors = npt.NDArray[np.float32]
+Steps = Generator[None, None, Vectors]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -65,6 +67,12 @@ class ImageEncoder(Protocol):
 
     def encode_images(self, batch: torch.Tensor) -> Vectors:
         """(n, 3, H, W) → (n, dim) float32, L2-normalised."""
+        ...
+
+    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+        """The vectors of :meth:`encode_images`, computed a step at a time: each ``next()``
+        runs one step (one transformer block), and the generator returns the vectors. The
+        batcher runs search queries between the steps of a bulk batch."""
         ...
 
     def encode_texts(self, texts: list[str]) -> Vectors:
@@ -168,6 +176,35 @@ class ClipEncoder:
             x = batch.to(device=self._device, dtype=self._dtype, non_blocking=True)
             features = self._model.encode_image(x)
             return _normalised(features)
+
+    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+        """open_clip's ``VisionTransformer.forward`` cut between its residual blocks.
+
+        Any other vision tower (or one with options this does not follow) runs whole, as
+        a single step. Each step enters inference mode itself, so other forward passes can
+        run on the same thread between steps.
+        """
+        visual = self._model.visual
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if not isinstance(visual, VisionTransformer) or blocks is None or visual.output_tokens:
+            yield
+            return self.encode_images(batch)
+        with torch.inference_mode():
+            x = visual._embeds(batch.to(device=self._device, dtype=self._dtype))
+            if not visual.transformer.batch_first:
+                x = x.transpose(0, 1)
+        for block in blocks:
+            yield
+            with torch.inference_mode():
+                x = block(x, attn_mask=None)
+        yield
+        with torch.inference_mode():
+            if not visual.transformer.batch_first:
+                x = x.transpose(0, 1)
+            pooled, _ = visual._pool(x)
+            if visual.proj is not None:
+                pooled = pooled @ visual.proj
+            return _normalised(pooled)
 
     def encode_texts(self, texts: list[str]) -> Vectors:
         with torch.inference_mode():

@@ -24,6 +24,15 @@ class EmbedderSettings(BaseSettings):
     max_wait_ms: float = Field(
         default=5, ge=0, description="How long a batch may wait for more rows to fill."
     )
+    query_max_batch: int = Field(
+        default=16, ge=1, description="Most query rows (search images or texts) in one pass."
+    )
+    query_max_wait_ms: float = Field(
+        default=0,
+        ge=0,
+        description="How long a query batch may wait for more queries; 0 = run as soon as "
+        "the model is free (queries that arrive during a pass form the next batch).",
+    )
     preprocess_threads: int = Field(default=2, ge=1, description="Decode + transform pool.")
     serve_queries: bool = Field(
         default=True,
