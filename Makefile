@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 # Weights for `make up`: random (offline, meaningless vectors) | pretrained (downloads once).
 WEIGHTS ?= random
 
-.PHONY: bootstrap up test test-unit lint fmt typecheck bench bench-cache compose-check asyncapi
+.PHONY: bootstrap up test test-unit lint fmt typecheck bench bench-pipeline bench-cache compose-check asyncapi
 
 bootstrap:
 	bash infra/local/bootstrap.sh
@@ -27,7 +27,10 @@ fmt:
 typecheck:
 	$(UV) run mypy libs/core/src libs/devstack/src services/gateway/src services/indexer/src services/embedder/src cli/src tests libs/core/tests services/gateway/tests services/indexer/tests services/embedder/tests cli/tests
 
-bench:
+bench: bootstrap
+	$(UV) run python bench/bench.py $(BENCH_ARGS)
+
+bench-pipeline:
 	$(UV) run python bench/pipeline.py
 
 compose-check:

@@ -9,126 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
-import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
+from imgsim_devstack.otlp import OtlpReceiver
 from imgsim_devstack.processes import ServiceProcess, free_port
 from imgsim_devstack.stack import StackConfig, start_services
 from imgsim_embedder.testimages import distinct_image
 from tests.conftest import Services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
-
-
-@dataclass(frozen=True)
-class ReceivedSpan:
-    service: str
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    attributes: dict[str, str]
-
-
-class OtlpReceiver:
-    """A minimal OTLP/HTTP trace receiver that keeps every span it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[ReceivedSpan] = []
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                if self.path != "/v1/traces":
-                    self.send_error(404)
-                    return
-                receiver.add(ExportTraceServiceRequest.FromString(body))
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def add(self, request: ExportTraceServiceRequest) -> None:
-        found = []
-        for resource_spans in request.resource_spans:
-            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            service = attributes.get("service.name", "")
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    found.append(
-                        ReceivedSpan(
-                            service,
-                            span.trace_id.hex(),
-                            span.span_id.hex(),
-                            span.parent_span_id.hex(),
-                            span.name,
-                            {a.key: a.value.string_value for a in span.attributes},
-                        )
-                    )
-        with self._lock:
-            self.spans.extend(found)
-
-    def trace(self, trace_id: str) -> list[ReceivedSpan]:
-        with self._lock:
-            return [s for s in self.spans if s.trace_id == trace_id]
-
-    async def wait_for(
-        self, trace_id: str, wanted: set[tuple[str, str]], timeout_s: float = 60
-    ) -> list[ReceivedSpan]:
-        """The trace's spans once it has a span of each (service, name suffix) wanted."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            spans = self.trace(trace_id)
-            have = {
-                (service, suffix)
-                for service, suffix in wanted
-                for s in spans
-                if s.service == service and s.name.endswith(suffix)
-            }
-            if have == wanted:
-                return spans
-            if time.monotonic() > deadline:
-                seen = sorted({(s.service, s.name) for s in spans})
-                raise AssertionError(f"missing {sorted(wanted - have)} in trace {trace_id}: {seen}")
-            await asyncio.sleep(0.2)
-
-    def __enter__(self) -> OtlpReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -147,13 +43,7 @@ def traced(infra: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             gateway_port=free_port(),
             topic_prefix=prefix,
             partitions=3,
-            extra_env={
-                "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                "OTEL_BSP_SCHEDULE_DELAY": "200",
-                "NO_PROXY": os.environ.get("NO_PROXY", "") + ",127.0.0.1",
-            },
+            extra_env=receiver.env(),
         )
         services: list[ServiceProcess] = start_services(config, infra.bootstrap, infra.redis_url)
         try:

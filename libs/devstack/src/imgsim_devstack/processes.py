@@ -102,6 +102,16 @@ class _Process:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
+    def kill(self) -> None:
+        """SIGKILL by PID, as a crash would end it (the fault tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+            log.info("killed %s (pid %d)", self.name, self.proc.pid)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,666 @@
+"""The whole performance story in one run (``make bench``): the bare model, the pipeline's
+ceilings without it, and the running stack, side by side, with the targets as ratios.
+
+    uv run python bench/bench.py                 # starts its own stack in a temp folder
+    uv run python bench/bench.py --markdown out.md
+
+Phases, in this order, in one process (nothing else should run on the machine):
+
+1. The model in the embedder's own settings (random weights, seed 0): img/s at batch 1,
+   8 and the bulk batch from preprocessed tensors, and at the bulk batch from JPEG bytes
+   (decode + preprocess on the embedder's preprocessing threads, then the forward pass).
+2. Ceilings without the model: preprocessing per core (640×480 and 4000×3000 JPEGs) and
+   the indexer's upserts into the embedded store.
+3. A local stack (Kafka, Redis, gateway, embedder, indexer as processes) fed 640×480
+   JPEGs: index end to end; uncached search at concurrency 1, 8, 32; cached search at 32
+   (wrk when installed, else this process); search under saturating bulk indexing;
+   time-to-searchable at half the measured index rate.
+4. The services restarted with tracing to an in-process OTLP receiver: where one
+   search's time goes, span by span.
+5. The embedder stopped: the gateway's accept rate (durable in Kafka) for ~100 KB JPEGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import functools
+import io
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+
+from imgsim_core.images import decode_rgb
+from imgsim_core.settings import ImageLimits, ModelSettings, QdrantSettings
+from imgsim_devstack.otlp import OtlpReceiver, ReceivedSpan
+from imgsim_devstack.processes import free_port
+from imgsim_devstack.stack import LocalStack, StackConfig
+from imgsim_embedder.model import ClipEncoder
+from imgsim_embedder.settings import EmbedderSettings
+
+LIMITS = ImageLimits()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def photo(seed: int, width: int = 640, height: int = 480, noise: float = 6.0) -> bytes:
+    """A photo-like JPEG: smooth colour fields, edges and sensor-like noise (quality 90)."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BICUBIC))
+    field = _noise(noise)
+    dy, dx = (int(v) for v in rng.integers(0, 64, size=2))
+    tile = np.tile(field, (height // 256 + 2, width // 256 + 2, 1))
+    pixels = base.astype(np.float32) + tile[dy : dy + height, dx : dx + width]
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@functools.cache
+def _noise(sigma: float) -> npt.NDArray[np.float32]:
+    return np.random.default_rng(0).normal(0, sigma, size=(256, 256, 3)).astype(np.float32)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def timed(fn: Callable[[], object], seconds: float, min_runs: int = 3) -> float:
+    """Median seconds of one call of ``fn`` after a warm-up call."""
+    fn()
+    runs: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(runs) < min_runs or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+@dataclass
+class Report:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # section, what, result
+    targets: list[tuple[str, str, bool]] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, section: str, what: str, result: str) -> None:
+        self.rows.append((section, what, result))
+        print(f"[{section}] {what}: {result}", flush=True)
+
+    def target(self, what: str, measured: str, ok: bool) -> None:
+        self.targets.append((what, measured, ok))
+
+    def markdown(self, header: str) -> str:
+        lines = [header, "", "| phase | what | result |", "| --- | --- | --- |"]
+        lines += [f"| {s} | {w} | {r} |" for s, w, r in self.rows]
+        lines += ["", "| target | measured | holds |", "| --- | --- | --- |"]
+        lines += [f"| {w} | {m} | {'yes' if ok else '**no**'} |" for w, m, ok in self.targets]
+        return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- 1. model
+
+
+def bench_model(report: Report, seconds: float) -> None:
+    embedder = EmbedderSettings()
+    settings = ModelSettings(weights="random", seed=0)
+    encoder = ClipEncoder.load(settings)
+    bulk = embedder.max_batch
+    jpegs = [photo(i) for i in range(bulk)]
+    tensors = [encoder.preprocess(decode_rgb(j, LIMITS)) for j in jpegs]
+    section = f"model {encoder.dtype}, {torch.get_num_threads()} threads".replace("torch.", "")
+    for batch in sorted({1, 8, 16, bulk}):
+        x = torch.stack([tensors[i % len(tensors)] for i in range(batch)])
+        took = timed(functools.partial(encoder.encode_images, x), seconds)
+        report.values[f"model_b{batch}_s"] = took
+        report.values[f"model_b{batch}_rate"] = batch / took
+        report.add(
+            section, f"tensors, batch {batch}", f"{batch / took:.1f} img/s ({took * 1e3:.1f} ms)"
+        )
+    pool = ThreadPoolExecutor(embedder.preprocess_threads)
+
+    def from_bytes() -> None:
+        prepared = list(pool.map(functools.partial(prepare, encoder), jpegs))
+        encoder.encode_images(torch.stack(prepared))
+
+    took = timed(from_bytes, seconds)
+    pool.shutdown()
+    report.values["model_jpeg_rate"] = bulk / took
+    report.add(
+        section,
+        f"640×480 JPEG bytes → vectors, batch {bulk}",
+        f"{bulk / took:.1f} img/s ({took * 1e3:.0f} ms)",
+    )
+
+
+# ----------------------------------------------------------------------------- 2. ceilings
+
+
+def prepare(encoder: ClipEncoder, data: bytes) -> torch.Tensor:
+    return encoder.preprocess(decode_rgb(data, LIMITS))
+
+
+def bench_preprocess(report: Report, seconds: float) -> None:
+    encoder = ClipEncoder.load(ModelSettings(weights="random", seed=0, dtype="float32"))
+    torch.set_num_threads(1)
+    try:
+        for width, height in ((640, 480), (4000, 3000)):
+            data = photo(7, width, height)
+            took = timed(functools.partial(prepare, encoder, data), seconds)
+            report.add(
+                "ceiling",
+                f"preprocess {width}×{height} JPEG ({len(data) // 1024} KiB), one core",
+                f"{1 / took:.0f} img/s ({took * 1e3:.1f} ms)",
+            )
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+async def bench_store(report: Report, points: int) -> None:
+    from datetime import UTC, datetime
+
+    from imgsim_indexer.store import Point, open_store
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = open_store(QdrantSettings(path=Path(folder)), 512, {"tags": "keyword"})
+        await store.open()
+        rng = np.random.default_rng(0)
+        vectors = rng.standard_normal((points, 512)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        now = datetime.now(UTC)
+        batch = 256  # the indexer's bulk batch: KafkaSettings.bulk_max_records × a few polls
+        started = time.perf_counter()
+        for first in range(0, points, batch):
+            await store.upsert(
+                [
+                    Point(f"p{i}", vectors[i], "bench", {"tags": ["a"]}, now, 0, i)
+                    for i in range(first, min(points, first + batch))
+                ]
+            )
+        took = time.perf_counter() - started
+        count = await store.count()
+        await store.close()
+    report.values["store_rate"] = points / took
+    report.add(
+        "ceiling",
+        f"indexer upserts into the embedded store ({count} points, batches of {batch})",
+        f"{points / took:,.0f} points/s",
+    )
+
+
+# ----------------------------------------------------------------------------- 3. stack
+
+
+async def indexed(client: httpx.AsyncClient) -> int:
+    response = await client.get("/api/v1/stats")
+    response.raise_for_status()
+    return int(response.json()["indexed_images"])
+
+
+async def wait_indexed(client: httpx.AsyncClient, count: int, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while await indexed(client) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count} images indexed after {timeout_s} s")
+        await asyncio.sleep(0.1)
+
+
+class Images:
+    """Fresh, distinct image payloads (base64), each used once."""
+
+    def __init__(self, salt: int) -> None:
+        self._next = salt
+
+    def take(self, count: int, **kw: int) -> list[str]:
+        first, self._next = self._next, self._next + count
+        return [b64(photo(first + i, **kw)) for i in range(count)]
+
+
+async def run_limited(count: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> float:
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def limited(i: int) -> None:
+        async with semaphore:
+            await one(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(limited(i) for i in range(count)))
+    return time.perf_counter() - started
+
+
+async def index_all(
+    client: httpx.AsyncClient, payloads: list[str], concurrency: int, tag: str
+) -> float:
+    async def one(i: int) -> None:
+        response = await client.post(
+            "/api/v1/index", json={"image_data": payloads[i], "image_id": f"{tag}-{i}"}
+        )
+        response.raise_for_status()
+
+    return await run_limited(len(payloads), concurrency, one)
+
+
+async def searches(
+    client: httpx.AsyncClient,
+    queries: list[str],
+    concurrency: int,
+    headers: Callable[[int], dict[str, str]] | None = None,
+) -> tuple[list[float], float]:
+    """Latencies (ms) and searches/s of one search per query."""
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        started = time.perf_counter()
+        response = await client.post(
+            "/api/v1/search",
+            json={"image_data": queries[i], "top_k": 10},
+            headers=headers(i) if headers else None,
+        )
+        response.raise_for_status()
+        assert not response.json()["cached"], "a benchmark query was served from the cache"
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    took = await run_limited(len(queries), concurrency, one)
+    return latencies, len(queries) / took
+
+
+def latency_text(latencies: list[float], rate: float) -> str:
+    return f"p50 {pct(latencies, 50):.0f} ms, p99 {pct(latencies, 99):.0f} ms, {rate:.1f}/s"
+
+
+async def bench_stack(report: Report, client: httpx.AsyncClient, args: argparse.Namespace) -> None:
+    images = Images(int(time.time()) % 1_000_000 * 1000)
+    tag = uuid.uuid4().hex[:6]
+    base = await indexed(client)
+    await index_all(client, images.take(16), 8, f"{tag}-warm")
+    base += 16
+    await wait_indexed(client, base)
+    await searches(client, images.take(8), 1)
+
+    payloads = images.take(args.images)
+    started = time.perf_counter()
+    accepted_s = await index_all(client, payloads, 16, f"{tag}-e2e")
+    await wait_indexed(client, base + args.images)
+    e2e_s = time.perf_counter() - started
+    base += args.images
+    e2e_rate = args.images / e2e_s
+    report.values["e2e_rate"] = e2e_rate
+    report.add(
+        "stack",
+        f"index {args.images} 640×480 JPEGs over HTTP, c=16, accepted",
+        f"{args.images / accepted_s:.0f} images/s",
+    )
+    report.add(
+        "stack",
+        "index end to end (accepted → searchable)",
+        f"{e2e_rate:.1f} images/s ({e2e_s:.1f} s)",
+    )
+
+    for concurrency, count in ((1, args.searches), (8, 2 * args.searches), (32, 3 * args.searches)):
+        latencies, rate = await searches(client, images.take(count), concurrency)
+        report.values[f"search_c{concurrency}_p50"] = pct(latencies, 50)
+        report.values[f"search_c{concurrency}_p99"] = pct(latencies, 99)
+        report.values[f"search_c{concurrency}_rate"] = rate
+        report.add(
+            "stack", f"uncached search, concurrency {concurrency}", latency_text(latencies, rate)
+        )
+
+    await bench_cached(report, client, images.take(1)[0])
+
+    # Under bulk: images offered at twice the end-to-end rate keep the embedder saturated.
+    stop = asyncio.Event()
+    offered = 0
+
+    async def bulk() -> None:
+        nonlocal offered
+        interval = 1 / (2 * e2e_rate)
+        ready = images.take(50)  # made before: making a JPEG costs the client a few ms
+        pending: set[asyncio.Task[httpx.Response]] = set()
+        next_at = time.perf_counter()
+        while not stop.is_set():
+            body = {"image_data": ready[offered % 50], "image_id": f"{tag}-bulk-{offered}"}
+            pending.add(asyncio.create_task(client.post("/api/v1/index", json=body)))
+            offered += 1
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            pending = {t for t in pending if not t.done()}
+        for response in await asyncio.gather(*pending):
+            response.raise_for_status()
+
+    feeder = asyncio.create_task(bulk())
+    await asyncio.sleep(3)  # a backlog forms
+    loaded, rate = await searches(client, images.take(args.searches), 1)
+    stop.set()
+    await feeder
+    report.values["search_bulk_p99"] = pct(loaded, 99)
+    report.add(
+        "stack",
+        f"uncached search c=1 under bulk indexing ({offered} images offered "
+        f"at {2 * e2e_rate:.0f}/s)",
+        latency_text(loaded, rate),
+    )
+    base += offered
+    drain = time.perf_counter()
+    await wait_indexed(client, base)
+    report.add(
+        "stack", "bulk backlog drained after the searches", f"{time.perf_counter() - drain:.1f} s"
+    )
+
+    # Time to searchable at half the measured index rate (open loop, ?wait=true).
+    rate = e2e_rate / 2
+    count = max(20, int(rate * args.tts_seconds))
+    payloads = images.take(count)
+    visible: list[float] = []
+
+    async def write(i: int) -> None:
+        started = time.perf_counter()
+        response = await client.post(
+            "/api/v1/index",
+            params={"wait": "true"},
+            json={"image_data": payloads[i], "image_id": f"{tag}-tts-{i}"},
+        )
+        response.raise_for_status()
+        visible.append((time.perf_counter() - started) * 1000)
+
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.create_task(write(i)))
+        await asyncio.sleep(1 / rate)
+    await asyncio.gather(*tasks)
+    base += count
+    report.values["tts_p99"] = pct(visible, 99)
+    report.add(
+        "stack",
+        f"time to searchable at {rate:.1f} writes/s ({count} writes, ?wait=true)",
+        f"p50 {pct(visible, 50):.0f} ms, p99 {pct(visible, 99):.0f} ms",
+    )
+    report.values["indexed"] = base
+
+
+async def bench_cached(report: Report, client: httpx.AsyncClient, query: str) -> None:
+    body = f'{{"image_data": "{query}", "top_k": 10}}'
+    first = await client.post(
+        "/api/v1/search", content=body, headers={"content-type": "application/json"}
+    )
+    first.raise_for_status()
+    wrk = shutil.which("wrk")
+    if wrk:
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            script.write(
+                'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                f"wrk.body = '{body}'\n"
+            )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                wrk,
+                "-t2",
+                "-c32",
+                "-d10s",
+                "--latency",
+                "-s",
+                script.name,
+                str(client.base_url).rstrip("/") + "/api/v1/search",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out = done.stdout
+        os.unlink(script.name)
+        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        p99 = _wrk_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+        p50 = _wrk_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        how = f"wrk -t2 -c32 -d10s{', ' + errors.group(1) + ' non-2xx' if errors else ''}"
+    else:
+        latencies: list[float] = []
+
+        async def one(_: int) -> None:
+            started = time.perf_counter()
+            response = await client.post(
+                "/api/v1/search", content=body, headers={"content-type": "application/json"}
+            )
+            response.raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        took = await run_limited(3000, 32, one)
+        rate, p50, p99, how = 3000 / took, pct(latencies, 50), pct(latencies, 99), "httpx client"
+    report.values["cached_rate"] = rate
+    report.values["cached_p99"] = p99
+    report.add(
+        "stack",
+        f"cached search, concurrency 32 ({how})",
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, {rate:,.0f}/s",
+    )
+
+
+def _wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+# ----------------------------------------------------------------------------- 4. spans
+
+
+async def bench_spans(
+    report: Report, client: httpx.AsyncClient, receiver: OtlpReceiver, queries: list[str]
+) -> None:
+    ids = [uuid.uuid4().hex for _ in queries]
+    await searches(
+        client,
+        queries,
+        1,
+        headers=lambda i: {"traceparent": f"00-{ids[i]}-{uuid.uuid4().hex[:16]}-01"},
+    )
+    await asyncio.sleep(2)  # the services' batch span processors flush every 200 ms
+    offsets: dict[tuple[str, str], list[float]] = defaultdict(list)
+    durations: dict[tuple[str, str], list[float]] = defaultdict(list)
+    totals: list[float] = []
+    for trace_id in ids:
+        spans = receiver.trace(trace_id)
+        root = _root(spans)
+        if root is None:
+            continue
+        totals.append(root.ms)
+        for span in spans:
+            key = (span.service.removeprefix("imgsim-"), span.name)
+            offsets[key].append((span.start_ns - root.start_ns) / 1e6)
+            durations[key].append(span.ms)
+    for key in sorted(offsets, key=lambda k: statistics.median(offsets[k])):
+        service, name = key
+        report.add(
+            "search spans",
+            f"{service}: {name}",
+            f"starts at {statistics.median(offsets[key]):.1f} ms, "
+            f"takes {statistics.median(durations[key]):.1f} ms (median of {len(durations[key])})",
+        )
+    report.add(
+        "search spans",
+        "whole search at the gateway",
+        f"{statistics.median(totals):.1f} ms (median of {len(totals)} traces)",
+    )
+
+
+def _root(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
+    ids = {s.span_id for s in spans}
+    roots = [s for s in spans if s.service == "imgsim-gateway" and s.parent_id not in ids]
+    return max(roots, key=lambda s: s.ms, default=None)
+
+
+# ----------------------------------------------------------------------------- 5. accept
+
+
+async def bench_accept(report: Report, client: httpx.AsyncClient, count: int) -> None:
+    payloads = [b64(photo(10_000 + i % 50, noise=14)) for i in range(count)]
+    size = len(base64.b64decode(payloads[0])) // 1024
+    took = await index_all(client, payloads, 32, f"accept-{uuid.uuid4().hex[:6]}")
+    report.values["accept_rate"] = count / took
+    report.add(
+        "ceiling",
+        f"gateway accept, {size} KiB 640×480 JPEGs, c=32, embedder stopped",
+        f"{count / took:,.0f} images/s (durable in Kafka)",
+    )
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def judge(report: Report) -> None:
+    v = report.values
+    if "e2e_rate" in v:
+        ratio = v["e2e_rate"] / v["model_jpeg_rate"]
+        report.target(
+            "index end to end ≥ 80 % of the model's JPEG-bytes rate",
+            f"{ratio:.0%} ({v['e2e_rate']:.1f} / {v['model_jpeg_rate']:.1f})",
+            ratio >= 0.8,
+        )
+        bound = v["model_b1_s"] * 1000 + 15
+        report.target(
+            "uncached search c=1: p50 ≤ batch-1 forward + 15 ms",
+            f"{v['search_c1_p50']:.0f} ms vs {bound:.0f} ms",
+            v["search_c1_p50"] <= bound,
+        )
+        ratio = v["search_c8_rate"] / v["model_b8_rate"]
+        report.target(
+            "uncached search c=8: ≥ 70 % of the batch-8 rate",
+            f"{ratio:.0%} ({v['search_c8_rate']:.1f} / {v['model_b8_rate']:.1f})",
+            ratio >= 0.7,
+        )
+        bound = 2 * v["model_b8_s"] * 1000 + 50
+        report.target(
+            "uncached search c=8: p99 ≤ 2× batch-8 forward + 50 ms",
+            f"{v['search_c8_p99']:.0f} ms vs {bound:.0f} ms",
+            v["search_c8_p99"] <= bound,
+        )
+        report.target(
+            "cached search c=32: ≥ 1,500/s, p99 ≤ 50 ms",
+            f"{v['cached_rate']:,.0f}/s, p99 {v['cached_p99']:.1f} ms",
+            v["cached_rate"] >= 1500 and v["cached_p99"] <= 50,
+        )
+        ratio = v["search_bulk_p99"] / v["search_c1_p99"]
+        report.target(
+            "search p99 under bulk ≤ 2× idle p99",
+            f"{ratio:.1f}× ({v['search_bulk_p99']:.0f} / {v['search_c1_p99']:.0f} ms)",
+            ratio <= 2,
+        )
+        report.target(
+            "time to searchable p99 ≤ 1 s at half load",
+            f"{v['tts_p99']:.0f} ms",
+            v["tts_p99"] <= 1000,
+        )
+    if "accept_rate" in v:
+        report.target(
+            "gateway accept ≥ 1,000 images/s",
+            f"{v['accept_rate']:,.0f}/s",
+            v["accept_rate"] >= 1000,
+        )
+    if "store_rate" in v:
+        report.target(
+            "indexer ≥ 20,000 points/s into the embedded store",
+            f"{v['store_rate']:,.0f}/s",
+            v["store_rate"] >= 20000,
+        )
+    print()
+    for what, measured, ok in report.targets:
+        print(f"{'ok  ' if ok else 'MISS'} {what}: {measured}")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def local_stack(folder: Path, extra_env: dict[str, str]) -> Iterator[LocalStack]:
+    stack = LocalStack(
+        StackConfig(
+            data_dir=folder,
+            kafka_port=free_port(),
+            redis_port=free_port(),
+            gateway_port=free_port(),
+            topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+            extra_env=extra_env,
+        )
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def run_stack_phases(report: Report, args: argparse.Namespace) -> None:
+    no_proxy = {"NO_PROXY": os.environ.get("NO_PROXY", "") + ",127.0.0.1"}
+    with tempfile.TemporaryDirectory() as folder, local_stack(Path(folder), no_proxy) as stack:
+        async with httpx.AsyncClient(
+            base_url=stack.gateway_url, timeout=120, trust_env=False
+        ) as client:
+            await bench_stack(report, client, args)
+            with OtlpReceiver() as receiver:
+                for service in reversed(stack.services):
+                    service.stop()
+                stack.config.extra_env = {**no_proxy, **receiver.env()}
+                stack.start_services()
+                await wait_indexed(client, int(report.values["indexed"]))
+                await bench_spans(report, client, receiver, Images(7_000_000).take(args.traces))
+            embedder = next(s for s in stack.services if s.name == "embedder")
+            embedder.stop()
+            await bench_accept(report, client, args.accept)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5, help="per model measurement")
+    parser.add_argument("--images", type=int, default=400, help="end-to-end index run")
+    parser.add_argument("--searches", type=int, default=80, help="at concurrency 1")
+    parser.add_argument("--tts-seconds", type=float, default=20)
+    parser.add_argument("--traces", type=int, default=20)
+    parser.add_argument("--accept", type=int, default=2000)
+    parser.add_argument("--points", type=int, default=20000)
+    parser.add_argument("--model-only", action="store_true", help="phases 1 and 2 only")
+    parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    args = parser.parse_args()
+    cpu = platform.processor() or platform.machine()
+    header = (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {platform.node()}, {cpu}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}"
+    )
+    print(header, flush=True)
+    report = Report()
+    bench_model(report, args.seconds)
+    bench_preprocess(report, args.seconds / 2)
+    asyncio.run(bench_store(report, args.points))
+    if not args.model_only:
+        asyncio.run(run_stack_phases(report, args))
+    judge(report)
+    if args.markdown:
+        args.markdown.write_text(report.markdown(f"### {header}"))
+
+
+if __name__ == "__main__":
+    main()
