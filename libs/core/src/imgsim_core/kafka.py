@@ -19,7 +19,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.structs import RecordMetadata
 from faststream.kafka.message import KafkaMessage
 from pydantic import TypeAdapter, ValidationError
 
@@ -145,6 +146,57 @@ def make_producer(settings: KafkaSettings, *, linger_ms: int) -> AIOKafkaProduce
         linger_ms=linger_ms,
         max_request_size=settings.max_message_bytes + 64 * 1024,
     )
+
+
+class Outage:
+    """Says once that a dependency is failing, and when it works again (with the count)."""
+
+    def __init__(self, what: str, logger: logging.Logger = log) -> None:
+        self.what = what
+        self._log = logger
+        self._since: float | None = None
+        self._failures = 0
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self._since is None:
+            self._since = time.monotonic()
+            self._log.error("%s is failing: %s (said once until it works again)", self.what, exc)
+
+    def ok(self) -> None:
+        if self._since is not None:
+            self._log.warning(
+                "%s works again after %.1f s and %d failed calls",
+                self.what, time.monotonic() - self._since, self._failures,
+            )  # fmt: skip
+            self._since, self._failures = None, 0
+
+
+async def send_acked(
+    producer: AIOKafkaProducer,
+    topic: str,
+    value: bytes | None,
+    *,
+    key: bytes | None,
+    headers: list[tuple[str, bytes]],
+    timeout_s: float,
+) -> RecordMetadata:
+    """Produce one record and return once the broker has acknowledged it (durable).
+
+    :class:`KafkaTimeoutError` (a :class:`KafkaError`) after ``timeout_s``: while the
+    broker is unreachable aiokafka would keep retrying for ``request_timeout_ms`` (40 s).
+    The record may still be delivered later, in order with what follows it; every
+    write is keyed by its image id, so a client's retry after the error is safe.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await producer.send_and_wait(topic, value, key=key, headers=headers)
+    except TimeoutError as exc:
+        raise KafkaTimeoutError(f"no acknowledgement from Kafka within {timeout_s:.1f} s") from exc
 
 
 async def produce_all(producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:

@@ -19,11 +19,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from imgsim_core.kafka import header, now_ms, produced_headers
+from imgsim_core.kafka import header, now_ms, produced_headers, send_acked
 from imgsim_core.topics import Header
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Requester:
         fetch_max_wait_ms: int = 500,
         reply_retention_ms: int = 60_000,
         replication_factor: int = 1,
+        send_timeout_s: float = 2.0,
     ) -> None:
         self._producer = producer
         self._bootstrap = bootstrap_servers
@@ -53,6 +54,7 @@ class Requester:
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._retention_ms = reply_retention_ms
         self._replication = replication_factor
+        self._send_timeout_s = send_timeout_s
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -122,10 +124,18 @@ class Requester:
                     (Header.DEADLINE, str(deadline).encode()),
                 ]
                 record_headers += [(k, v.encode()) for k, v in (headers or {}).items()]
-                async with asyncio.timeout(timeout_s):
-                    await self._producer.send_and_wait(
-                        topic, value, key=key, headers=record_headers
-                    )
+                # Kafka unreachable: KafkaTimeoutError soon, not a reply timeout later
+                # (unless the request's own deadline is the shorter bound).
+                try:
+                    await send_acked(
+                        self._producer, topic, value, key=key, headers=record_headers,
+                        timeout_s=min(self._send_timeout_s, timeout_s),
+                    )  # fmt: skip
+                except KafkaTimeoutError as exc:
+                    if timeout_s < self._send_timeout_s:
+                        raise TimeoutError from exc
+                    raise
+                async with asyncio.timeout(max(0.0, deadline - now_ms()) / 1000):
                     return await future
         except TimeoutError as exc:
             raise RequestTimeoutError(f"no reply from {topic} within {timeout_s:.1f} s") from exc

@@ -31,6 +31,12 @@ class KafkaSettings(BaseModel):
     bulk_max_records: int = Field(default=64, ge=1)
     bulk_linger_ms: int = Field(default=5, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    send_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long a produce that a client waits on (a write, a request) may wait "
+        "for the broker's acknowledgement before the client is told Kafka is unavailable.",
+    )
 
     @property
     def topics(self) -> Topics:

@@ -45,6 +45,35 @@ class _TraceFilter(logging.Filter):
         return True
 
 
+class RepeatFilter(logging.Filter):
+    """Bounds the log lines of a dependency's outage: the first warning or error of each
+    kind (logger and message template) passes, then at most one every ``window_s``
+    seconds, which says how many like it were left out.
+
+    Kafka clients log each failed reconnect (tens of thousands of lines a minute across
+    the services while a broker is down); the services say when an outage is over.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...], window_s: float = 30.0) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.window_s = window_s
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # → (passed at, left out)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, str(record.msg))
+        passed, left_out = self._last.get(key, (-self.window_s, 0))
+        if record.created - passed < self.window_s:
+            self._last[key] = (passed, left_out + 1)
+            return False
+        self._last[key] = (record.created, 0)
+        if left_out:
+            record.msg = f"{record.msg} ({left_out} more like it in {self.window_s:.0f} s)"
+        return True
+
+
 def configure_telemetry(
     service: str,
     *,
@@ -74,6 +103,7 @@ def configure_telemetry(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_ServiceFilter(service))
     handler.addFilter(_TraceFilter())
+    handler.addFilter(RepeatFilter(("aiokafka", "kafka", "faststream")))
     root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "httpx", "faststream"):

@@ -31,7 +31,7 @@ from imgsim_core.asyncapi import asyncapi_document, contract_broker
 from imgsim_core.kafka import ensure_topics, make_producer
 from imgsim_core.requestreply import Requester
 from imgsim_gateway.cache import SearchCache
-from imgsim_gateway.errors import GatewayError, RateLimitedError
+from imgsim_gateway.errors import GatewayError
 from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.observability import instrument
 from imgsim_gateway.pipeline import Pipeline
@@ -81,6 +81,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             kafka.topics.replies(uuid.uuid4().hex[:12]),
             fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
             replication_factor=kafka.replication_factor,
+            send_timeout_s=kafka.send_timeout_s,
         )
         redis = Redis.from_url(
             settings.redis.url,
@@ -149,7 +150,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         if exc.status_code >= 500:
             log.warning("%s: %s", exc.code, exc.message)
         response = error_response(exc.status_code, exc.code, exc.message)
-        if isinstance(exc, RateLimitedError):
+        if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 class GatewayError(Exception):
     status_code = 500
     code = "internal_error"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -65,3 +66,4 @@ class UpstreamError(GatewayError):
 
     status_code = 503
     code = "unavailable"
+    retry_after = 5

@@ -40,7 +40,7 @@ from imgsim_core.contracts import (
     VectorSearchRequested,
 )
 from imgsim_core.images import ImageError, decode_rgb, inspect_image
-from imgsim_core.kafka import encode_metadata, now_ms, produced_headers
+from imgsim_core.kafka import Outage, encode_metadata, now_ms, produced_headers, send_acked
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.topics import Header
 from imgsim_gateway.cache import SearchCache
@@ -141,6 +141,7 @@ class Pipeline:
         self._producer = producer
         self._requester = requester
         self._status: tuple[float, IndexerStatus] | None = None
+        self._outage = Outage("producing to Kafka", log)
 
     @property
     def searches_in_flight(self) -> int:
@@ -193,12 +194,14 @@ class Pipeline:
         self, image_id: str, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> Written:
         try:
-            meta = await self._producer.send_and_wait(
-                self.topics.images, value, key=image_id.encode(), headers=headers
-            )
+            meta = await send_acked(
+                self._producer, self.topics.images, value, key=image_id.encode(),
+                headers=headers, timeout_s=self.settings.kafka.send_timeout_s,
+            )  # fmt: skip
         except KafkaError as exc:
-            log.error("producing to %s failed for %r: %s", self.topics.images, image_id, exc)
+            self._outage.failed(exc)
             raise UpstreamError("the event log is unavailable; retry later") from exc
+        self._outage.ok()
         return Written(image_id, meta.partition, meta.offset)
 
     async def wait_visible(self, written: Written, *, deleted: bool) -> None:
@@ -262,7 +265,7 @@ class Pipeline:
         if self._status is None or time.monotonic() - self._status[0] > 30:
             try:
                 await self.status()
-            except GatewayError:
+            except UpstreamTimeoutError:  # no indexer answers; Kafka down is a 503 here too
                 return None
         return self._status[1].model_id if self._status else None
 
@@ -325,7 +328,9 @@ class Pipeline:
                 f"no answer from the pipeline within {timeout_s:.1f} s; retry later"
             ) from exc
         except KafkaError as exc:
+            self._outage.failed(exc)
             raise UpstreamError("the event log is unavailable; retry later") from exc
+        self._outage.ok()
         try:
             return reply_type.model_validate_json(raw)
         except ValidationError as exc:

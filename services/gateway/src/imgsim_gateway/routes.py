@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi import status as http
 from pydantic import AfterValidator, JsonValue, TypeAdapter, ValidationError
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 from imgsim_core import __version__
 from imgsim_core.contracts import FiniteMetadata, ReindexStatus, SearchHit
 from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
-from imgsim_gateway.errors import BadRequestError, GatewayError, NotFoundError
+from imgsim_gateway.errors import BadRequestError, GatewayError, NotFoundError, UpstreamError
 from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.pipeline import Pipeline, decode_base64
 from imgsim_gateway.pipeline import Query as SearchQuery
@@ -241,9 +242,13 @@ async def search_similar(body: SimilarSearchRequest, pipe: PipelineDep) -> Searc
 async def stats(request: Request, pipe: PipelineDep) -> Stats:
     indexer = await pipe.status()
     kafka: KafkaStats = request.app.state.kafka_stats
-    lag, dead_letters, (rate_in, rate_out) = await asyncio.gather(
-        kafka.lag(), kafka.dead_letters(), kafka.rates()
-    )
+    try:
+        async with asyncio.timeout(pipe.settings.kafka.send_timeout_s):
+            lag, dead_letters, (rate_in, rate_out) = await asyncio.gather(
+                kafka.lag(), kafka.dead_letters(), kafka.rates()
+            )
+    except (TimeoutError, KafkaError) as exc:
+        raise UpstreamError("Kafka does not answer; retry later") from exc
     return Stats(
         indexed_images=indexer.indexed,
         collection=indexer.collection,
