@@ -84,3 +84,30 @@ async def test_index_30_images_then_each_finds_itself(stack: str) -> None:
             scores = [r["score"] for r in body["results"]]
             assert scores == sorted(scores, reverse=True)
             assert body["took_ms"] > 0
+
+
+async def test_a_search_of_100_results_with_15_kib_metadata_each_is_answered(stack: str) -> None:
+    """The reply (~1.6 MB) is over aiokafka's 1 MB default request size: every producer
+    and topic is sized from the documented limits (top_k 100, 16 KiB of metadata)."""
+    [(data, _)] = distinct_images(1)
+    image = base64.b64encode(data).decode()
+    items = [
+        {
+            "image_data": image,
+            "image_id": f"big-{i:03d}",
+            "metadata": {"i": i, "blob": "x" * 15_360},
+        }
+        for i in range(100)
+    ]
+    async with httpx.AsyncClient(base_url=stack, timeout=60) as client:
+        response = await client.post("/api/v1/index/batch", json={"items": items})
+        assert response.status_code == 202, response.text
+        await wait_indexed(client, 100)
+        response = await client.post(
+            "/api/v1/search", json={"image_data": image, "top_k": 100, "include_metadata": True}
+        )
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len(results) == 100
+        assert sorted(r["metadata"]["i"] for r in results) == list(range(100))
+        assert all(len(r["metadata"]["blob"]) == 15_360 for r in results)

@@ -88,6 +88,5 @@ async def test_a_dead_broker_gets_prompt_503s_and_writes_resume_after_it(
                 break
         assert response.status_code == 202, response.text
         assert any(
-            "works again" in r.getMessage() and r.levelno == logging.WARNING
-            for r in caplog.records
+            "works again" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
         )

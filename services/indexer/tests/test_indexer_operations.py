@@ -10,8 +10,9 @@ import pytest
 from aiokafka import ConsumerRecord
 from indexer_samples import DIM, unit_vector
 
-from imgsim_core.contracts import ImageEmbedded, pack_vector
-from imgsim_core.kafka import OutRecord
+from imgsim_core.contracts import ImageEmbedded, Metadata, pack_vector
+from imgsim_core.kafka import OutRecord, encode_metadata
+from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import Header
 from imgsim_indexer.operations import plan_batch
 
@@ -149,3 +150,24 @@ def test_a_dead_letter_does_not_undo_an_earlier_operation() -> None:
 
     assert [p.image_id for p in result.upserts] == ["a"]
     assert len(result.dead_letters) == 1
+
+
+def metadata_of_size(size: int) -> Metadata:
+    """A metadata object whose compact JSON is exactly ``size`` bytes."""
+    metadata: Metadata = {"k": ""}
+    metadata["k"] = "x" * (size - len(encode_metadata(metadata)))
+    assert len(encode_metadata(metadata)) == size
+    return metadata
+
+
+def test_vectors_metadata_is_held_to_the_limit_exactly() -> None:
+    limit = ImageLimits().max_metadata_bytes
+    at = record(b"at", embedded("at", metadata=metadata_of_size(limit)))
+    over = record(b"over", embedded("over", metadata=metadata_of_size(limit + 1)))
+    huge = record(b"huge", embedded("huge", metadata=metadata_of_size(5 * 1024 * 1024)))
+
+    result = plan(at, over, huge)
+
+    assert [p.image_id for p in result.upserts] == ["at"]
+    assert result.dead_letter_codes == ["metadata_too_large", "metadata_too_large"]
+    assert f"the limit is {limit}" in reason(result.dead_letters[0])

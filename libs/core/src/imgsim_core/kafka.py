@@ -137,6 +137,15 @@ class OutRecord:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+def max_request_size(settings: KafkaSettings) -> int:
+    """Every producer's request limit: a record of ``max_message_bytes`` and its headers.
+
+    aiokafka's default (1 MB) is below a search reply of 100 results with 16 KiB of
+    metadata each; every topic the services create allows ``max_message_bytes``.
+    """
+    return settings.max_message_bytes + 64 * 1024
+
+
 def make_producer(settings: KafkaSettings, *, linger_ms: int) -> AIOKafkaProducer:
     """An idempotent producer that waits for all in-sync replicas (durable output)."""
     return AIOKafkaProducer(
@@ -144,7 +153,7 @@ def make_producer(settings: KafkaSettings, *, linger_ms: int) -> AIOKafkaProduce
         acks="all",
         enable_idempotence=True,
         linger_ms=linger_ms,
-        max_request_size=settings.max_message_bytes + 64 * 1024,
+        max_request_size=max_request_size(settings),
     )
 
 

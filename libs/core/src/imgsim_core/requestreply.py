@@ -47,6 +47,7 @@ class Requester:
         reply_retention_ms: int = 60_000,
         replication_factor: int = 1,
         send_timeout_s: float = 2.0,
+        max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._producer = producer
         self._bootstrap = bootstrap_servers
@@ -55,6 +56,7 @@ class Requester:
         self._retention_ms = reply_retention_ms
         self._replication = replication_factor
         self._send_timeout_s = send_timeout_s
+        self._max_message_bytes = max_message_bytes
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -171,7 +173,10 @@ class Requester:
                 self.reply_topic,
                 1,
                 self._replication,
-                topic_configs={"retention.ms": str(self._retention_ms)},
+                topic_configs={
+                    "retention.ms": str(self._retention_ms),
+                    "max.message.bytes": str(self._max_message_bytes),  # replies of 100 hits
+                },
             )
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([topic])

@@ -20,7 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
-from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
 from imgsim_core.lag import ConsumerLag
 from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
@@ -76,6 +76,7 @@ def create_app(settings: EmbedderSettings) -> FastStream:
         linger_ms=settings.kafka.latency_linger_ms,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
         middlewares=kafka_middlewares(),
+        max_request_size=max_request_size(settings.kafka),
     )
     broker.include_router(build_router(settings, holder))
     lag = ConsumerLag(broker)

@@ -82,6 +82,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
             replication_factor=kafka.replication_factor,
             send_timeout_s=kafka.send_timeout_s,
+            max_message_bytes=kafka.max_message_bytes,
         )
         redis = Redis.from_url(
             settings.redis.url,

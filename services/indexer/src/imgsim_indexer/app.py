@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
-from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
 from imgsim_core.lag import ConsumerLag
 from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
@@ -46,7 +46,11 @@ async def check_model(store: VectorStore, model_id: str) -> None:
 def create_app(settings: IndexerSettings) -> FastStream:
     state = IndexerState(store=open_store(settings.qdrant, settings.dim, settings.payload_indexes))
     reindexer = state.reindexer = Reindexer(settings, state)
-    broker = KafkaBroker(settings.kafka.bootstrap_servers, middlewares=kafka_middlewares())
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers,
+        middlewares=kafka_middlewares(),
+        max_request_size=max_request_size(settings.kafka),  # replies carry metadata
+    )
     broker.include_router(build_router(settings, state))
     lag = ConsumerLag(broker)
 

@@ -153,6 +153,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             deadletter_topic=topics.deadletter,
             now=datetime.now(UTC),
             skip_models=state.skip_models,
+            max_metadata_bytes=settings.limits.max_metadata_bytes,
         )
         async with state.lock:  # a reindex switches the alias between two batches only
             with UPSERT_SECONDS.time(), batch_step("store write", upserts=len(plan.upserts)):
@@ -164,6 +165,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
                         records, dim=settings.dim, model_id=old_model,
                         deadletter_topic=topics.deadletter, now=datetime.now(UTC),
                         dead_letters=False,
+                        max_metadata_bytes=settings.limits.max_metadata_bytes,
                     )  # fmt: skip
                     await old_store.delete(kept.deletes)
                     await old_store.upsert(kept.upserts)

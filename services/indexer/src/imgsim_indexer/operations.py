@@ -33,7 +33,14 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from imgsim_core.contracts import ImageEmbedded
-from imgsim_core.kafka import EventError, OutRecord, dead_letter_record, decode_key
+from imgsim_core.kafka import (
+    EventError,
+    OutRecord,
+    dead_letter_record,
+    decode_key,
+    encode_metadata,
+)
+from imgsim_core.settings import ImageLimits
 from imgsim_indexer.store import Point
 
 
@@ -66,6 +73,7 @@ def plan_batch(
     now: datetime,
     skip_models: Collection[str] = (),
     dead_letters: bool = True,
+    max_metadata_bytes: int = ImageLimits().max_metadata_bytes,
 ) -> BatchPlan:
     """Upserts, deletes and dead letters for ``records`` (in offset order per partition).
 
@@ -76,7 +84,9 @@ def plan_batch(
     plan = BatchPlan()
     for record in records:
         try:
-            image_id, point = _operation(record, dim=dim, model_id=model_id, now=now)
+            image_id, point = _operation(
+                record, dim=dim, model_id=model_id, now=now, max_metadata_bytes=max_metadata_bytes
+            )
         except _OtherModelError as exc:
             if exc.model_id in skip_models or not dead_letters:
                 plan.skipped += 1
@@ -105,7 +115,12 @@ def plan_batch(
 
 
 def _operation(
-    record: ConsumerRecord[Any, Any], *, dim: int, model_id: str, now: datetime
+    record: ConsumerRecord[Any, Any],
+    *,
+    dim: int,
+    model_id: str,
+    now: datetime,
+    max_metadata_bytes: int,
 ) -> tuple[str, Point | None]:
     image_id = decode_key(record.key)
     if record.value is None:
@@ -134,6 +149,14 @@ def _operation(
         )
     if not np.all(np.isfinite(vector)) or not np.any(vector):
         raise EventError("bad_vector", "the vector is zero or not finite")
+    # An upstream producer's vectors skip the gateway's check; a point with more would
+    # make every search that returns it too big to answer.
+    size = len(encode_metadata(event.metadata))
+    if size > max_metadata_bytes:
+        raise EventError(
+            "metadata_too_large",
+            f"the metadata is {size} bytes of JSON; the limit is {max_metadata_bytes}",
+        )
     return image_id, Point(
         image_id=image_id,
         vector=vector,

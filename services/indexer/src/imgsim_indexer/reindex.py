@@ -209,6 +209,7 @@ class Reindexer:
                         deadletter_topic=settings.kafka.topics.deadletter,
                         now=datetime.now(UTC),
                         dead_letters=False,  # the live consumer letters bad records
+                        max_metadata_bytes=settings.limits.max_metadata_bytes,
                     )
                     await target.delete(plan.deletes)
                     await target.upsert(plan.upserts)

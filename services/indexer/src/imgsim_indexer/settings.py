@@ -16,7 +16,13 @@ from pydantic import Field, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imgsim_core.contracts import FILTER_KEY_PATTERN
-from imgsim_core.settings import KafkaSettings, ModelSettings, QdrantSettings, RedisSettings
+from imgsim_core.settings import (
+    ImageLimits,
+    KafkaSettings,
+    ModelSettings,
+    QdrantSettings,
+    RedisSettings,
+)
 
 PayloadIndexType = Literal["keyword", "integer", "float", "bool"]
 MetadataKey = Annotated[str, StringConstraints(pattern=FILTER_KEY_PATTERN)]
@@ -33,6 +39,7 @@ class IndexerSettings(BaseSettings):
     qdrant: QdrantSettings = QdrantSettings()
     redis: RedisSettings = RedisSettings()
     model: ModelSettings = ModelSettings()
+    limits: ImageLimits = ImageLimits()  # max_metadata_bytes: vectors with more are refused
     group_id: str = "imgsim-indexer"
     dim: int = Field(default=512, gt=0, description="Dimension of the stored vectors.")
     payload_indexes: dict[MetadataKey, PayloadIndexType] = Field(
