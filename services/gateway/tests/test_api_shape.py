@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
-from imgsim_gateway.app import BodySizeLimit, create_app
+from imgsim_gateway.app import BodyGuard, create_app
 from imgsim_gateway.errors import BadRequestError
 from imgsim_gateway.pipeline import decode_base64
 from imgsim_gateway.schemas import IndexRequest, SearchRequest
@@ -65,7 +72,7 @@ async def test_body_limit_rejects_before_reading() -> None:
         read.append(body)
         return body
 
-    app = BodySizeLimit(inner, max_bytes=10)
+    app = BodyGuard(inner, max_bytes=10)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         small = await c.post("/x", json={"a": "b"})
         big = await c.post("/x", json={"a": "b" * 20})
@@ -73,6 +80,56 @@ async def test_body_limit_rejects_before_reading() -> None:
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "payload_too_large"
     assert read == [{"a": "b"}]
+
+
+def guarded_app(**guard: Any) -> tuple[BodyGuard, list[int]]:
+    inner = FastAPI()
+    read: list[int] = []
+
+    @inner.post("/x")
+    async def x(request: Request) -> dict[str, int]:
+        read.append(len(await request.body()))
+        return {"read": read[-1]}
+
+    @inner.exception_handler(HTTPException)
+    async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:  # as the gateway's
+        code = getattr(exc, "code", "http_error")
+        return JSONResponse({"error": {"code": code}}, status_code=exc.status_code)
+
+    return BodyGuard(inner, **guard), read
+
+
+async def test_a_chunked_body_over_the_limit_is_413_with_a_body() -> None:
+    app, read = guarded_app(max_bytes=4 * 1024 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(64):  # 64 MiB without a Content-Length
+            yield b"x" * (1024 * 1024)
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        big = await c.post("/x", content=chunks())
+        small = await c.post("/x", content=b"x" * 1000)
+    assert big.status_code == 413
+    assert big.json()["error"]["code"] == "payload_too_large"
+    assert small.json() == {"read": 1000}
+    assert read == [1000]
+
+
+async def test_a_body_that_stops_arriving_is_408() -> None:
+    app, read = guarded_app(max_bytes=1024 * 1024, chunk_timeout_s=0.3)
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"x" * 100  # then nothing, as a body shorter than its Content-Length
+        await asyncio.sleep(30)
+        yield b"never"
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        started = time.monotonic()
+        stalled = await c.post("/x", content=stalls())
+    assert stalled.status_code == 408
+    assert stalled.json()["error"]["code"] == "request_timeout"
+    assert time.monotonic() - started < 5
+    assert read == []
 
 
 async def test_gateway_serves_the_asyncapi_contract_for_its_prefix() -> None:

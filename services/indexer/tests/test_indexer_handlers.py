@@ -56,7 +56,7 @@ def search_request(seed: int, **changes: object) -> VectorSearchRequested:
 
 
 async def test_search_replies_with_hits(broker: KafkaBroker) -> None:
-    response = await broker.request(search_request(4), TOPICS.searches)
+    response = await broker.request(search_request(4), TOPICS.searches, timeout=5)
 
     reply = SearchReplied.model_validate_json(response.body)
     assert reply.error is None
@@ -68,7 +68,7 @@ async def test_search_replies_with_hits(broker: KafkaBroker) -> None:
 async def test_search_with_wrong_dim_replies_an_error(broker: KafkaBroker) -> None:
     request = search_request(1, vector=pack_vector(unit_vector(1, dim=DIM + 1)))
 
-    response = await broker.request(request, TOPICS.searches)
+    response = await broker.request(request, TOPICS.searches, timeout=5)
 
     reply = SearchReplied.model_validate_json(response.body)
     assert (reply.error_code, reply.hits) == ("wrong_dim", [])
@@ -79,7 +79,7 @@ async def test_search_store_error_replies_store_error(
 ) -> None:
     await state.store.close()
 
-    response = await broker.request(search_request(1), TOPICS.searches)
+    response = await broker.request(search_request(1), TOPICS.searches, timeout=5)
 
     assert SearchReplied.model_validate_json(response.body).error_code == "store_error"
 
@@ -92,7 +92,9 @@ async def test_expired_search_gets_no_reply(broker: KafkaBroker) -> None:
 
 
 async def test_status_reports_the_store(broker: KafkaBroker, state: IndexerState) -> None:
-    response = await broker.request(StatusRequested(deadline_ms=now_ms() + 5_000), TOPICS.status)
+    response = await broker.request(
+        StatusRequested(deadline_ms=now_ms() + 5_000), TOPICS.status, timeout=5
+    )
 
     status = IndexerStatus.model_validate_json(response.body)
     assert status == IndexerStatus(

@@ -73,7 +73,7 @@ async def ask_search(broker: KafkaBroker, **fields: Any) -> SearchReplied:
     request = VectorSearchRequested.model_validate(
         {"deadline_ms": now_ms() + 5_000, "top_k": 3, **fields}
     )
-    response = await broker.request(request, TOPICS.searches)
+    response = await broker.request(request, TOPICS.searches, timeout=5)
     return SearchReplied.model_validate_json(response.body)
 
 
@@ -140,7 +140,7 @@ async def test_search_needs_one_query(broker: KafkaBroker, fields: dict[str, Any
     ],
 )
 async def test_malformed_search_gets_a_bad_request_reply(broker: KafkaBroker, body: bytes) -> None:
-    response = await broker.request(body, TOPICS.searches)
+    response = await broker.request(body, TOPICS.searches, timeout=5)
 
     reply = SearchReplied.model_validate_json(response.body)
     assert reply.error_code == "bad_request"
@@ -151,7 +151,7 @@ async def test_malformed_search_gets_a_bad_request_reply(broker: KafkaBroker, bo
 async def test_lookup_found_with_its_source_offset(broker: KafkaBroker) -> None:
     request = LookupRequested(image_id="img-5", deadline_ms=now_ms() + 5_000)
 
-    response = await broker.request(request, TOPICS.lookups)
+    response = await broker.request(request, TOPICS.lookups, timeout=5)
 
     record = ImageRecord.model_validate_json(response.body)
     assert record.found
@@ -166,7 +166,7 @@ async def test_lookup_found_with_its_source_offset(broker: KafkaBroker) -> None:
 async def test_lookup_not_found(broker: KafkaBroker) -> None:
     request = LookupRequested(image_id="nope", deadline_ms=now_ms() + 5_000)
 
-    response = await broker.request(request, TOPICS.lookups)
+    response = await broker.request(request, TOPICS.lookups, timeout=5)
 
     assert ImageRecord.model_validate_json(response.body) == ImageRecord(
         image_id="nope", found=False
@@ -174,8 +174,12 @@ async def test_lookup_not_found(broker: KafkaBroker) -> None:
 
 
 async def test_malformed_lookup_and_status_get_error_replies(broker: KafkaBroker) -> None:
-    lookup = ImageRecord.model_validate_json((await broker.request(b"[]", TOPICS.lookups)).body)
-    status = IndexerStatus.model_validate_json((await broker.request(b"{", TOPICS.status)).body)
+    lookup = ImageRecord.model_validate_json(
+        (await broker.request(b"[]", TOPICS.lookups, timeout=5)).body
+    )
+    status = IndexerStatus.model_validate_json(
+        (await broker.request(b"{", TOPICS.status, timeout=5)).body
+    )
 
     assert not lookup.found
     assert lookup.error is not None

@@ -83,6 +83,17 @@ def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
     return ImageInfo(fmt, width, height)
 
 
+def decoded_pixels(info: ImageInfo, target: int = 224) -> int:
+    """About how many pixels :func:`decode_rgb` holds for this image: a big JPEG's draft
+    decode is 1/2, 1/4 or 1/8 of each side, anything else decodes whole."""
+    pixels = info.width * info.height
+    if info.format != "JPEG":
+        return pixels
+    scale = min(8, min(info.width, info.height) // target)
+    reduction = 1 << (scale.bit_length() - 1) if scale >= 1 else 1
+    return max(1, pixels // (reduction * reduction))
+
+
 def decode_rgb(data: bytes, limits: ImageLimits, target: int = 224) -> Image.Image:
     """Decode to RGB, the first frame of an animation; big JPEGs are draft-decoded.
 

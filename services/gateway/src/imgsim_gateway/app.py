@@ -24,7 +24,7 @@ from faststream.specification import AsyncAPI
 from faststream.specification.asyncapi.site import get_asyncapi_html
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsim_core import __version__
 from imgsim_core.asyncapi import asyncapi_document, contract_broker
@@ -45,27 +45,85 @@ def error_response(status_code: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code)
 
 
-class BodySizeLimit:
-    """Rejects a body over the limit from its Content-Length, before reading it (413)."""
+class BodyRefusedError(HTTPException):
+    """Raised from the body stream; an HTTPException so that FastAPI passes it on as is."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(status_code, message)
+        self.code = code
+
+
+class BodyGuard:
+    """Bounds what a request body may cost before any handler sees it.
+
+    - Over the size limit: 413 from the Content-Length before reading, or, for a chunked
+      body or one longer than it says, as soon as the bytes read pass the limit.
+    - Each piece of the body must arrive within ``chunk_timeout_s``: a body shorter than
+      its Content-Length or a trickle gets 408 instead of holding the connection.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        larger: dict[str, int] | None = None,
+        chunk_timeout_s: float = 30.0,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.larger = larger or {}
+        self.chunk_timeout_s = chunk_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            limit = self.larger.get(scope["path"], self.max_bytes)
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                response = error_response(
-                    413,
-                    "payload_too_large",
-                    f"the body is {int(length)} bytes; the limit is {limit}",
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.larger.get(scope["path"], self.max_bytes)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            response = error_response(
+                413, "payload_too_large", f"the body is {int(length)} bytes; the limit is {limit}"
+            )
+            await response(scope, receive, send)
+            return
+        read = 0
+        complete = False
+        started = False
+
+        async def guarded_receive() -> Message:
+            nonlocal read, complete
+            if complete:  # after the body: disconnect notices, no bound
+                return await receive()
+            try:
+                async with asyncio.timeout(self.chunk_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyRefusedError(
+                    408, "request_timeout",
+                    f"the body did not arrive within {self.chunk_timeout_s:.0f} s "
+                    "(shorter than its Content-Length, or too slow)",
+                ) from None  # fmt: skip
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if read > limit:
+                    raise BodyRefusedError(
+                        413, "payload_too_large", f"the body is over the limit of {limit} bytes"
+                    )
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracked_send)
+        except BodyRefusedError as refused:  # raised where no handler turned it into a response
+            if started:
+                raise
+            response = error_response(refused.status_code, refused.code, str(refused.detail))
+            await response(scope, receive, send)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -170,15 +228,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc, BodyRefusedError):
+            return error_response(exc.status_code, exc.code, str(exc.detail))
         if exc.status_code == 400:  # FastAPI could not parse the body (nested too deep, ...)
             message = f"{exc.detail}: malformed, or JSON nested too deep to parse"
             return error_response(400, "invalid_body", message)
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
     app.add_middleware(
-        BodySizeLimit,
+        BodyGuard,
         max_bytes=settings.max_body_bytes,
         larger={"/api/v1/index/batch": settings.max_batch_body_bytes},
+        chunk_timeout_s=settings.body_timeout_s,
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import re
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -39,7 +42,7 @@ from imgsim_core.contracts import (
     StatusRequested,
     VectorSearchRequested,
 )
-from imgsim_core.images import ImageError, decode_rgb, inspect_image
+from imgsim_core.images import ImageError, decode_rgb, decoded_pixels, inspect_image
 from imgsim_core.kafka import Outage, encode_metadata, now_ms, produced_headers, send_acked
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.topics import Header
@@ -127,6 +130,49 @@ class Query:
         return None
 
 
+class PixelBudget:
+    """At most ``total`` pixels decoding at once (first come, first served); one request
+    larger than the whole budget runs alone. Bounds the memory concurrent decodes take:
+    one 7000×7000 PNG is ~150 MB of RGB, and a few of them at once are gigabytes."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        pixels = min(pixels, self.total)
+        if self._waiters or self.used + pixels > self.total:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((pixels, future))
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._release(pixels)  # granted just as the caller gave up
+                else:
+                    self._waiters.remove((pixels, future))
+                    self._wake()
+                raise
+        else:
+            self.used += pixels
+        try:
+            yield
+        finally:
+            self._release(pixels)
+
+    def _release(self, pixels: int) -> None:
+        self.used -= pixels
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.total:
+            pixels, future = self._waiters.popleft()
+            self.used += pixels
+            future.set_result(None)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -142,6 +188,7 @@ class Pipeline:
         self._requester = requester
         self._status: tuple[float, IndexerStatus] | None = None
         self._outage = Outage("producing to Kafka", log)
+        self._decoding = PixelBudget(settings.decode_budget_pixels)
 
     @property
     def searches_in_flight(self) -> int:
@@ -159,7 +206,8 @@ class Pipeline:
         limits = self.settings.limits
         try:
             info = inspect_image(data, limits)
-            await asyncio.to_thread(decode_rgb, data, limits)
+            async with self._decoding.hold(decoded_pixels(info)):
+                await asyncio.to_thread(decode_rgb, data, limits)
         except ImageError as exc:
             if exc.code == "image_too_large":
                 raise PayloadTooLargeError(exc.message, code=exc.code) from exc

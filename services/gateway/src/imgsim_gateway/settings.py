@@ -23,6 +23,16 @@ class GatewaySettings(BaseSettings):
     limits: ImageLimits = ImageLimits()
     search_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one search.")
     status_timeout_s: float = Field(default=3.0, gt=0)
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Most seconds between two pieces of a request body (408)."
+    )
+    decode_budget_pixels: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Pixels that validation decodes at once, all requests together (~3 bytes "
+        "each in memory); a request waits for its share. An image larger than the whole "
+        "budget is decoded alone.",
+    )
     wait_timeout_s: float = Field(
         default=30.0, gt=0, description="Bound of wait=true; then 504, the write goes on."
     )
