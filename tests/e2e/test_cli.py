@@ -6,6 +6,7 @@ once as the installed console script), configured by IMGSIM_* variables as a use
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from typer.testing import CliRunner, Result
 
 from imgsim_cli.__main__ import app
+from imgsim_core.settings import KafkaSettings
 from imgsim_embedder.testimages import distinct_image
 from tests.conftest import Services
 from tests.e2e.conftest import RunningStack as Stack
@@ -198,3 +201,75 @@ def test_reindex_follows_to_the_new_collection_then_drops_the_old(
     dropped = imgsim(stack, "reindex", "--drop-old")
     assert dropped.exit_code == 0, dropped.output
     assert f"dropped: {', '.join(status['old_collections'])}" in dropped.output
+
+
+def test_deadletter_list_show_and_replay_round_trip(stack: Stack) -> None:
+    images = KafkaSettings(topic_prefix=stack.prefix).topics.images
+    truncated = distinct_image(31)[0][:300]  # a valid JPEG header, then nothing
+    assert truncated.startswith(b"\xff\xd8")
+    headers = [("metadata", b'{"batch": "dl"}'), ("content-type", b"image/jpeg")]
+
+    async def produce() -> None:  # as an upstream producer: no local check
+        producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(images, truncated, key=b"dl/cut.jpg", headers=headers)
+        finally:
+            await producer.stop()
+
+    def listed(*args: str) -> list[list[str]]:
+        deadline = time.monotonic() + 60
+        while True:
+            result = imgsim(stack, "deadletter", "list", "--code", "corrupt_image", *args)
+            assert result.exit_code == 0, result.output
+            cells = [
+                [c.strip() for c in line.split("│")[1:-1]] for line in result.output.splitlines()
+            ]
+            found = [r for r in cells if len(r) == 5 and r[1] == "dl/cut.jpg"]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+    asyncio.run(produce())
+    [row] = listed()
+    position = row[0]
+    assert row[2].startswith(f"{images} ")
+    assert row[3].startswith("corrupt_image: ")
+
+    shown = imgsim(stack, "deadletter", "show", position)
+    assert shown.exit_code == 0, shown.output
+    [metadata_line] = [line for line in shown.output.splitlines() if "original-metadata" in line]
+    assert '{"batch": "dl"}' in metadata_line
+    assert "corrupt_image" in shown.output
+
+    dry = imgsim(stack, "deadletter", "replay", position, "--dry-run")
+    assert f"would replay {position} → {images}: dl/cut.jpg" in dry.output
+    replayed = imgsim(stack, "deadletter", "replay", position)
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1 of" in replayed.output
+
+    async def last_image_record() -> ConsumerRecord[bytes, bytes]:
+        consumer = AIOKafkaConsumer(
+            images, bootstrap_servers=stack.bootstrap, group_id=None, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            batches = await consumer.getmany(timeout_ms=5000)
+            records = [r for rs in batches.values() for r in rs if r.key == b"dl/cut.jpg"]
+            while len(records) < 2:
+                more = await consumer.getmany(timeout_ms=5000)
+                assert more, "the replayed record is not on the images topic"
+                records += [r for rs in more.values() for r in rs if r.key == b"dl/cut.jpg"]
+            return records[-1]
+        finally:
+            await consumer.stop()
+
+    again = asyncio.run(last_image_record())
+    assert again.value == truncated
+    assert [(k, v) for k, v in again.headers if k in ("metadata", "content-type")] == headers
+    # The embedder sees it again and, the bytes being what they are, letters it again.
+    deadline = time.monotonic() + 60
+    while len(listed()) < 2:
+        assert time.monotonic() < deadline, "the replayed record was not processed again"
+        time.sleep(0.5)
+    assert imgsim(stack, "deadletter", "replay").exit_code == 1  # nothing named: refused

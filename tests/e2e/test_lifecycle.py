@@ -57,7 +57,9 @@ async def index(
         json={"image_data": b64(image(n)), "image_id": image_id, "metadata": metadata},
     )
     assert response.status_code == 202, response.text
-    assert response.json() == {"image_id": image_id, "status": "indexed"}
+    body = response.json()
+    assert (body["image_id"], body["status"], body["success"]) == (image_id, "indexed", True)
+    assert body["message"] == f"image {image_id!r} is searchable"
 
 
 async def test_index_get_replace_delete(client: httpx.AsyncClient) -> None:

@@ -1,4 +1,4 @@
-"""``imgsim``: index, search, delete, stats and reindex from the command line."""
+"""``imgsim``: index, search, delete, stats, reindex and dead letters from the command line."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from imgsim_cli.reindex import follow
 from imgsim_cli.responses import Metadata, SearchResponse, Stats
 from imgsim_cli.settings import CliSettings, load_settings
 from imgsim_cli.tables import (
+    deadletter_details,
+    deadletter_table,
     failures_table,
     lag_table,
     reindex_table,
@@ -37,6 +39,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="imgsim image similarity search: index images, search, delete, stats, reindex.",
 )
+deadletter_app = typer.Typer(
+    no_args_is_help=True,
+    help="Dead letters (read straight from Kafka, IMGSIM_KAFKA__*): list, show, replay.",
+)
+app.add_typer(deadletter_app, name="deadletter")
 _OBJECT = TypeAdapter(dict[str, JsonValue])
 T = TypeVar("T")
 
@@ -300,3 +307,67 @@ def reindex(
 
 if __name__ == "__main__":
     app()
+
+
+CodeOption = Annotated[
+    str | None, typer.Option("--code", help="Only reasons with this code, e.g. model_error.")
+]
+
+
+@deadletter_app.command("list")
+def deadletter_list(ctx: typer.Context, code: CodeOption = None) -> None:
+    """Every dead letter on the topic: position, image id, source, reason."""
+    from imgsim_cli import deadletters
+
+    state = _state(ctx)
+    letters = deadletters.select(_run(state, deadletters.read_all(state.settings.kafka)), code=code)
+    state.out.print(deadletter_table(letters))
+
+
+@deadletter_app.command("show")
+def deadletter_show(
+    ctx: typer.Context,
+    position: Annotated[str, typer.Argument(metavar="PARTITION:OFFSET")],
+) -> None:
+    """One dead letter in full: reason, source, every header."""
+    from imgsim_cli import deadletters
+
+    state = _state(ctx)
+    letters = _run(state, deadletters.read_all(state.settings.kafka))
+    try:
+        [letter] = deadletters.select(letters, [position])
+    except CliError as exc:
+        _fail(state.err, str(exc))
+    state.out.print(deadletter_details(letter))
+
+
+@deadletter_app.command("replay")
+def deadletter_replay(
+    ctx: typer.Context,
+    positions: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[PARTITION:OFFSET]...", help="Which; with none, use --all."),
+    ] = None,
+    code: CodeOption = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter (with --code: its)."
+                                       )] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be sent.")] = False,
+) -> None:  # fmt: skip
+    """Send dead letters' original records back to their source topics, after a fix."""
+    from imgsim_cli import deadletters
+
+    state = _state(ctx)
+    if not positions and not all_:
+        _fail(state.err, "name dead letters as PARTITION:OFFSET, or pass --all")
+    letters = _run(state, deadletters.read_all(state.settings.kafka))
+    try:
+        chosen = deadletters.select(letters, positions or (), code)
+    except CliError as exc:
+        _fail(state.err, str(exc))
+    if not dry_run:
+        _run(state, deadletters.replay(state.settings.kafka, chosen))
+    verb = "would replay" if dry_run else "replayed"
+    for letter in chosen:
+        state.out.print(f"{verb} {letter.position} → {letter.source_topic}: {letter.image_id}",
+                        highlight=False)  # fmt: skip
+    state.out.print(f"{verb} {len(chosen)} of {len(letters)} dead letters", highlight=False)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
+from imgsim_cli.deadletters import DeadLetter
 from imgsim_cli.indexing import Failure
 from imgsim_cli.responses import SearchResponse, Stats
 from imgsim_core.contracts import ReindexStatus
@@ -92,4 +93,30 @@ def reindex_table(status: ReindexStatus) -> Table:
     for name, value in rows:
         if value is not None:
             table.add_row(name, str(value))
+    return table
+
+
+def deadletter_table(letters: Sequence[DeadLetter]) -> Table:
+    table = Table(title=f"{len(letters)} dead letters", title_justify="left")
+    table.add_column("position", no_wrap=True)
+    table.add_column("image id", overflow="fold")
+    table.add_column("from", no_wrap=True)
+    table.add_column("reason", overflow="fold", style="red")
+    table.add_column("bytes", justify="right")
+    for d in letters:
+        size = "tombstone" if d.value is None else str(len(d.value))
+        table.add_row(d.position, d.image_id, d.source, d.reason, size)
+    return table
+
+
+def deadletter_details(letter: DeadLetter) -> Table:
+    table = Table(title=f"dead letter {letter.position}", title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("image id", letter.image_id)
+    table.add_row("reason", letter.reason)
+    table.add_row("from", letter.source)
+    table.add_row("value", "tombstone" if letter.value is None else f"{len(letter.value)} bytes")
+    for name, value in letter.headers.items():
+        table.add_row(f"header {name}", value.decode("utf-8", "replace"))
     return table
