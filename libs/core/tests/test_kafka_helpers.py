@@ -11,8 +11,11 @@ from imgsim_core.kafka import (
     dead_letter_record,
     decode_key,
     decode_metadata,
+    now_ms,
+    past_deadline,
     safe_batch_parser,
 )
+from imgsim_core.topics import Header
 
 
 def record(**kw: object) -> ConsumerRecord[bytes, bytes]:
@@ -83,3 +86,10 @@ async def test_safe_batch_parser_repairs_headers_and_keeps_tombstones() -> None:
     assert seen[0][0].value is None
     assert seen[0][1].headers == (("h", "\ufffd".encode()),)
     assert seen[0][1].offset == 42
+
+
+def test_past_deadline_reads_the_header() -> None:
+    assert past_deadline({Header.DEADLINE: str(now_ms() - 1)})
+    assert not past_deadline({Header.DEADLINE: str(now_ms() + 60_000)})
+    assert not past_deadline({})  # no deadline: the body's decides
+    assert not past_deadline({Header.DEADLINE: "soon"})

@@ -116,6 +116,19 @@ async def test_a_late_query_is_dropped(harness: Harness) -> None:
     assert harness.replies == []
 
 
+async def test_a_request_past_its_deadline_header_is_dropped_unparsed(harness: Harness) -> None:
+    """Not even a malformed body is answered: the header decides before parsing."""
+    await harness.broker.publish(
+        b"{not json", TOPICS.queries, correlation_id="cid-2", reply_to="replies.test",
+        headers={Header.DEADLINE: str(now_ms() - 1)},
+    )  # fmt: skip
+    await harness.broker.publish(
+        b"{not json", TOPICS.queries, correlation_id="cid-3", reply_to="replies.test",
+        headers={Header.DEADLINE: str(now_ms() + 5000)},
+    )  # fmt: skip
+    assert [(r.error_code, cid) for r, cid in harness.replies] == [("bad_request", "cid-3")]
+
+
 async def test_an_image_record_is_produced_as_a_vector(harness: Harness) -> None:
     data = base64.b64decode(png())
     await harness.broker.publish(

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +237,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def past_deadline(headers: Mapping[str, str]) -> bool:
+    """Whether a request's ``deadline`` header (epoch ms) has passed: checked before its
+    body is parsed, so a request nobody waits for any more costs next to nothing."""
+    deadline = headers.get(Header.DEADLINE)
+    return deadline is not None and deadline.isdigit() and int(deadline) < now_ms()
+
+
 async def ensure_topics(settings: KafkaSettings, extra: Iterable[str] = ()) -> None:
     """Create the shared topics (idempotent).
 
@@ -253,15 +260,18 @@ async def ensure_topics(settings: KafkaSettings, extra: Iterable[str] = ()) -> N
         NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=compacted)
         for name in topics.compacted
     ]
-    for name in (
-        topics.queries,
-        topics.searches,
-        topics.status,
-        topics.lookups,
-        topics.admin,
-        topics.deadletter,
-        *extra,
-    ):
+    # Requests live for seconds (their deadline): kept ten minutes, so a new responder
+    # group that starts from the earliest offset has little to skip.
+    requests = {
+        "max.message.bytes": str(settings.max_message_bytes),
+        "retention.ms": str(settings.request_retention_ms),
+        "segment.ms": str(settings.request_retention_ms),
+    }
+    for name in (topics.queries, topics.searches, topics.status, topics.lookups, topics.admin):
+        wanted.append(
+            NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=requests)
+        )
+    for name in (topics.deadletter, *extra):
         wanted.append(
             NewTopic(
                 name,

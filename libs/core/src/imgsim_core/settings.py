@@ -31,6 +31,12 @@ class KafkaSettings(BaseModel):
     bulk_max_records: int = Field(default=64, ge=1)
     bulk_linger_ms: int = Field(default=5, ge=0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    request_retention_ms: int = Field(
+        default=600_000,
+        ge=60_000,
+        description="Retention of the request topics (queries, searches, status, lookups, "
+        "admin) when the services create them; requests expire in seconds.",
+    )
     send_timeout_s: float = Field(
         default=2.0,
         gt=0,

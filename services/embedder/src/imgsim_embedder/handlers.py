@@ -65,6 +65,7 @@ from imgsim_core.kafka import (
     decode_metadata,
     header,
     now_ms,
+    past_deadline,
     produce_all,
     produced_headers,
     safe_batch_parser,
@@ -362,6 +363,9 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         ),
     )
     async def on_query(body: bytes, message: KafkaMessage, broker: KafkaBroker) -> None:
+        if past_deadline(message.headers):  # before parsing the image: it costs nothing
+            QUERIES.labels("expired").inc()
+            return
         forward = {Header.CONTRACT: CONTRACT_VERSION}
         if deadline := message.headers.get(Header.DEADLINE):
             forward[Header.DEADLINE] = str(deadline)

@@ -47,7 +47,7 @@ from imgsim_core.contracts import (
     VectorSearchRequested,
     unpack_vector,
 )
-from imgsim_core.kafka import now_ms, produce_all, safe_batch_parser
+from imgsim_core.kafka import now_ms, past_deadline, produce_all, safe_batch_parser
 from imgsim_core.tracing import batch_step
 from imgsim_indexer.cache import bump_generation, generation_key
 from imgsim_indexer.errors import NotStartedError, RequestError, StoreError
@@ -214,6 +214,9 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         topics.searches, "search", "VectorSearchRequested JSON → SearchReplied (to reply_to)."
     )
     async def search(message: KafkaMessage) -> SearchReplied:
+        if past_deadline(message.headers):  # before parsing: a stale request costs nothing
+            SEARCHES.labels("expired").inc()
+            raise AckMessage()
         try:
             request = VectorSearchRequested.model_validate_json(message.body)
         except ValidationError as exc:
@@ -260,6 +263,9 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
 
     @responder(topics.lookups, "lookup", "LookupRequested JSON → ImageRecord (to reply_to).")
     async def lookup(message: KafkaMessage) -> ImageRecord:
+        if past_deadline(message.headers):
+            LOOKUPS.labels("expired").inc()
+            raise AckMessage()
         try:
             request = LookupRequested.model_validate_json(message.body)
         except ValidationError as exc:
@@ -289,6 +295,8 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
 
     @responder(topics.status, "status", "StatusRequested JSON → IndexerStatus (to reply_to).")
     async def status(message: KafkaMessage) -> IndexerStatus:
+        if past_deadline(message.headers):
+            raise AckMessage()
         error: str | None = None
         try:
             request = StatusRequested.model_validate_json(message.body)
@@ -316,6 +324,8 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         topics.admin, "admin", "ReindexRequested JSON (start, status, drop_old) → ReindexStatus."
     )
     async def admin(message: KafkaMessage) -> ReindexStatus:
+        if past_deadline(message.headers):
+            raise AckMessage()
         store = state.store
         try:
             request = ReindexRequested.model_validate_json(message.body)
