@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 # Weights for `make up`: random (offline, meaningless vectors) | pretrained (downloads once).
 WEIGHTS ?= random
 
-.PHONY: bootstrap up test test-unit lint fmt typecheck bench bench-pipeline bench-cache compose-check asyncapi
+.PHONY: bootstrap up test faults test-unit lint fmt typecheck bench bench-pipeline bench-cache compose-check asyncapi
 
 bootstrap:
 	bash infra/local/bootstrap.sh
@@ -14,6 +14,9 @@ up: bootstrap
 
 test: bootstrap
 	$(UV) run pytest $(PYTEST_ARGS)
+
+faults: bootstrap
+	$(UV) run pytest -m faults $(PYTEST_ARGS)
 
 test-unit: bootstrap
 	$(UV) run pytest -m "not integration and not e2e" $(PYTEST_ARGS)

@@ -71,10 +71,12 @@ class _Process:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
+    _log_start: int = field(default=0, repr=False)  # where this run's lines begin
 
     def _spawn(self, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
+        self._log_start = self._log.tell()
         self.proc = subprocess.Popen(
             argv,
             stdout=self._log,
@@ -100,6 +102,13 @@ class _Process:
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def log_of_this_run(self) -> str:
+        """The log since the last start: a restarted process's old lines do not count."""
+        with contextlib.suppress(OSError), self.log_path.open("rb") as log_file:
+            log_file.seek(self._log_start)
+            return log_file.read().decode(errors="replace")
         return ""
 
     def kill(self) -> None:
@@ -197,7 +206,7 @@ class KafkaBroker(_Process):
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
-            if port_open(self.port) and "Kafka Server started" in self.log_tail(200):
+            if port_open(self.port) and "Kafka Server started" in self.log_of_this_run():
                 return
             time.sleep(0.2)
         raise StackError(f"Kafka did not start within {timeout_s:.0f} s:\n{self.log_tail()}")
@@ -263,5 +272,5 @@ class ServiceProcess(_Process):
             except OSError:
                 return False
         if self.ready_marker is not None:
-            return self.ready_marker in self.log_tail(400)
+            return self.ready_marker in self.log_of_this_run()
         return True
