@@ -73,7 +73,11 @@ class ModelSettings(BaseModel):
     pretrained: str = "laion2b_s34b_b79k"
     checkpoint_path: Path | None = None
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto (cuda when present), cpu, cuda or cuda:N (one embedder per GPU).",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = torch's.")
 

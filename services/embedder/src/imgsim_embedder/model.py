@@ -135,6 +135,10 @@ class ClipEncoder:
     def dtype(self) -> torch.dtype:
         return self._dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
     @classmethod
     def load(cls, settings: ModelSettings) -> ClipEncoder:
         """Build the model named by ``settings``; blocking (seconds), so call it off the loop."""
@@ -173,6 +177,8 @@ class ClipEncoder:
 
     def encode_images(self, batch: torch.Tensor) -> Vectors:
         with torch.inference_mode():
+            if self._device.type == "cuda" and not batch.is_pinned():
+                batch = batch.pin_memory()  # so that the copy below does not block the host
             x = batch.to(device=self._device, dtype=self._dtype, non_blocking=True)
             features = self._model.encode_image(x)
             return _normalised(features)
