@@ -22,13 +22,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from faststream.specification import AsyncAPI
 from faststream.specification.asyncapi.site import get_asyncapi_html
-from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsim_core import __version__
 from imgsim_core.asyncapi import asyncapi_document, contract_broker
 from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
 from imgsim_gateway.cache import SearchCache
 from imgsim_gateway.errors import GatewayError
@@ -142,11 +142,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             send_timeout_s=kafka.send_timeout_s,
             max_message_bytes=kafka.max_message_bytes,
         )
-        redis = Redis.from_url(
-            settings.redis.url,
-            socket_timeout=settings.redis.timeout_s,
-            socket_connect_timeout=settings.redis.timeout_s,
-        )
+        redis = make_redis(settings.redis)
         cache = SearchCache(
             redis,
             kafka.topic_prefix,

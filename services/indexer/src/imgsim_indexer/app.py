@@ -19,9 +19,9 @@ from faststream.kafka import KafkaBroker
 
 from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
 from imgsim_core.lag import ConsumerLag
+from imgsim_core.redisclient import make_redis
 from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
-from imgsim_indexer.cache import make_redis
 from imgsim_indexer.errors import StoreConfigError
 from imgsim_indexer.handlers import IndexerState, build_router
 from imgsim_indexer.reindex import Reindexer

@@ -4,8 +4,9 @@ The gateway keys cached search results by the query, its parameters and the valu
 ``<topic prefix>generation`` in Redis. After every vectors batch that changed the store,
 the indexer increments that key, so a result cached before the write is never served
 after it. Redis down or slow: :func:`bump_generation` logs a warning and returns; the
-batch goes on (the store is the source of truth) and cached results may then be served
-stale until their TTL ends; the TTL bounds the staleness.
+batch goes on (the store is the source of truth) and the bump is owed: it is retried
+with the next vectors batch. A Redis that kept its data through the outage may serve a
+result cached before it until that retry or the result's TTL, whichever comes first.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imgsim_core.settings import RedisSettings
-
 log = logging.getLogger(__name__)
 
 BUMP_FAILURES = Counter(
@@ -28,15 +27,6 @@ BUMP_FAILURES = Counter(
 
 def generation_key(topic_prefix: str) -> str:
     return f"{topic_prefix}generation"
-
-
-def make_redis(settings: RedisSettings) -> Redis:
-    """A client with timeouts; nothing connects until the first command."""
-    return Redis.from_url(
-        settings.url,
-        socket_timeout=settings.timeout_s,
-        socket_connect_timeout=settings.timeout_s,
-    )
 
 
 async def bump_generation(client: Redis, key: str, *, timeout_s: float) -> int | None:

@@ -77,6 +77,7 @@ class IndexerState:
     store: VectorStore  # replaced by a reindex when it switches the alias
     deadletter_producer: AIOKafkaProducer | None = None
     redis: Redis | None = None  # None: no generation bumps (tests without Redis)
+    bump_owed: bool = False  # a bump failed (Redis down): retried with the next batch
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one live batch at a time
     positions: dict[TopicPartition, int] = field(default_factory=dict)
@@ -176,10 +177,11 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         DELETED.inc(len(plan.deletes))
         for code in plan.dead_letter_codes:
             DEADLETTERS.labels(code).inc()
-        if state.redis is not None and (plan.upserts or plan.deletes):
-            await bump_generation(
+        if state.redis is not None and (plan.upserts or plan.deletes or state.bump_owed):
+            bumped = await bump_generation(
                 state.redis, generation_key(kafka.topic_prefix), timeout_s=settings.redis.timeout_s
             )
+            state.bump_owed = bumped is None
         log.debug(
             "batch of %d: %d upserted, %d deleted, %d dead letters",
             len(records),
