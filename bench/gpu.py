@@ -109,15 +109,17 @@ def from_jpeg_bytes(
     encoder.encode_images(first)  # warm-up
     sync(device)
     done = 0
-    busy = "n/a"
+    busy: str | None = None
     started = time.perf_counter()
     while time.perf_counter() - started < seconds or done == 0:
         tensors = ready.get()
         assert tensors is not None
         encoder.encode_images(tensors)  # copies with non_blocking=True from pinned memory
         done += batch
-        if done == batch * 3:
+        if done == batch * 3:  # sampled while the device is busy
             busy = utilisation(device)
+    if busy is None:  # a run too short for the sample above
+        busy = utilisation(device)
     sync(device)
     rate = done / (time.perf_counter() - started)
     stop.set()
