@@ -53,7 +53,7 @@ async def test_request_topics_keep_requests_minutes_not_days(
     settings = KafkaSettings(bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix)
     await ensure_topics(settings)
     topics = settings.topics
-    requests = [topics.queries, topics.searches, topics.status, topics.lookups, topics.admin]
+    requests = list(topics.requests)
     admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap)
     await admin.start()
     try:

@@ -256,10 +256,6 @@ async def ensure_topics(settings: KafkaSettings, extra: Iterable[str] = ()) -> N
         "max.message.bytes": str(settings.max_message_bytes),
         "min.compaction.lag.ms": "60000",
     }
-    wanted = [
-        NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=compacted)
-        for name in topics.compacted
-    ]
     # Requests live for seconds (their deadline): kept ten minutes, so a new responder
     # group that starts from the earliest offset has little to skip.
     requests = {
@@ -267,19 +263,17 @@ async def ensure_topics(settings: KafkaSettings, extra: Iterable[str] = ()) -> N
         "retention.ms": str(settings.request_retention_ms),
         "segment.ms": str(settings.request_retention_ms),
     }
-    for name in (topics.queries, topics.searches, topics.status, topics.lookups, topics.admin):
-        wanted.append(
-            NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=requests)
-        )
-    for name in (topics.deadletter, *extra):
-        wanted.append(
-            NewTopic(
-                name,
-                settings.partitions,
-                settings.replication_factor,
-                topic_configs={"max.message.bytes": str(settings.max_message_bytes)},
-            )
-        )
+    others = {"max.message.bytes": str(settings.max_message_bytes)}
+    groups = (
+        (topics.compacted, compacted),
+        (topics.requests, requests),
+        ((topics.deadletter, *extra), others),
+    )
+    wanted = [
+        NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
+        for names, configs in groups
+        for name in names
+    ]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:

@@ -83,14 +83,10 @@ class Topics:
         return (self.images, self.vectors)
 
     @property
+    def requests(self) -> tuple[str, ...]:
+        """Request/reply topics: each record lives for its deadline (seconds)."""
+        return (self.queries, self.searches, self.status, self.lookups, self.admin)
+
+    @property
     def all_shared(self) -> tuple[str, ...]:
-        return (
-            self.images,
-            self.vectors,
-            self.queries,
-            self.searches,
-            self.status,
-            self.lookups,
-            self.admin,
-            self.deadletter,
-        )
+        return (*self.compacted, *self.requests, self.deadletter)

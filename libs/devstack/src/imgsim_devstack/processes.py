@@ -117,9 +117,7 @@ class _Process:
             self.proc.kill()
             self.proc.wait(5)
             log.info("killed %s (pid %d)", self.name, self.proc.pid)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -131,6 +129,9 @@ class _Process:
                 self.proc.kill()
                 self.proc.wait(5)
             log.info("stopped %s (pid %d)", self.name, self.proc.pid)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
