@@ -7,9 +7,10 @@ import json
 import time
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream.kafka import KafkaBroker
 
-from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.kafka import ensure_topics, make_producer, now_ms
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.settings import KafkaSettings
 from tests.conftest import Services
@@ -86,3 +87,41 @@ async def test_no_reply_times_out_and_cleans_up(infra: Services, topic_prefix: s
         assert requester.pending == 0
     finally:
         await _close(requester)
+
+
+async def test_a_killed_requesters_reply_topic_is_swept_and_a_live_ones_kept(
+    infra: Services, topic_prefix: str
+) -> None:
+    settings = KafkaSettings(bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix)
+    topics = settings.topics
+    dead, empty = topics.replies("killed"), topics.replies("never-wrote")
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap)
+    await admin.start()
+    producer = make_producer(settings, linger_ms=0)
+    await producer.start()
+    live = await _requester(settings, "alive")  # its first heartbeat is written at start
+    sweeper = Requester(
+        producer, infra.bootstrap, topics.replies("sweeper"), fetch_max_wait_ms=5,
+        heartbeat_s=30, orphans_of=topics.replies(), orphan_after_s=60,
+    )  # fmt: skip
+    try:
+        await admin.create_topics([NewTopic(dead, 1, 1), NewTopic(empty, 1, 1)])
+        # What a killed requester leaves: its last heartbeat, ten minutes old.
+        await producer.send_and_wait(dead, b"", timestamp_ms=now_ms() - 600_000)
+        await sweeper.start()
+
+        assert await sweeper.sweep_orphans() == []  # first sighting: only suspects
+        assert await sweeper.sweep_orphans() == sorted([dead, empty])
+        remaining = {t for t in await admin.list_topics() if t.startswith(topics.replies())}
+        assert remaining == {live.reply_topic, sweeper.reply_topic}
+        assert await sweeper.sweep_orphans() == []
+    finally:
+        await sweeper.stop()
+        await _close(live)
+        await producer.stop()
+        await admin.close()
+
+
+def test_orphans_must_outlive_heartbeats() -> None:
+    with pytest.raises(ValueError, match="longer than reply_heartbeat_s"):
+        KafkaSettings(reply_heartbeat_s=30, orphan_reply_after_s=30)

@@ -7,6 +7,13 @@ its end. A request carries ``correlation_id``, ``reply_to`` and ``deadline`` hea
 responders are plain FastStream handlers that return a value, which FastStream publishes
 to ``reply_to`` with the same ``correlation_id``. Replies nobody waits for any more
 (timed out, or for another process) are dropped.
+
+A process deletes its reply topic when it stops. One that is killed cannot, so each
+requester also writes a heartbeat record to its own topic every ``heartbeat_s``, and a
+requester given ``orphans_of`` (the gateway) deletes the reply topics under that prefix
+whose newest record is older than ``orphan_after_s`` on two sweeps in a row: the topics
+of processes that died without stopping. Two sweeps, so that a topic created a moment
+before its first heartbeat is never taken for an orphan.
 """
 
 from __future__ import annotations
@@ -48,7 +55,12 @@ class Requester:
         replication_factor: int = 1,
         send_timeout_s: float = 2.0,
         max_message_bytes: int = 16 * 1024 * 1024,
+        heartbeat_s: float = 30.0,
+        orphans_of: str | None = None,
+        orphan_after_s: float = 300.0,
     ) -> None:
+        if orphan_after_s <= heartbeat_s:
+            raise ValueError("orphan_after_s must be longer than heartbeat_s")
         self._producer = producer
         self._bootstrap = bootstrap_servers
         self.reply_topic = reply_topic
@@ -57,9 +69,13 @@ class Requester:
         self._replication = replication_factor
         self._send_timeout_s = send_timeout_s
         self._max_message_bytes = max_message_bytes
+        self._heartbeat_s = heartbeat_s
+        self._orphans_of = orphans_of
+        self._orphan_after_s = orphan_after_s
+        self._suspects: set[str] = set()  # quiet on the last sweep
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def pending(self) -> int:
@@ -80,13 +96,17 @@ class Requester:
         await consumer.seek_to_end(partition)
         await consumer.position(partition)  # resolve the offset before the first request
         self._consumer = consumer
-        self._task = asyncio.create_task(self._read_replies(), name="imgsim-replies")
+        await self._heartbeat()
+        self._tasks = [
+            asyncio.create_task(self._read_replies(), name="imgsim-replies"),
+            asyncio.create_task(self._keep_alive(), name="imgsim-reply-heartbeat"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         if self._consumer is not None:
             await self._consumer.stop()
         for future in self._pending.values():
@@ -146,7 +166,7 @@ class Requester:
 
     async def _read_replies(self) -> None:
         assert self._consumer is not None
-        while True:
+        while True:  # heartbeats carry no correlation id and are dropped below
             try:
                 batches = await self._consumer.getmany(timeout_ms=1000)
             except KafkaError:
@@ -156,6 +176,68 @@ class Requester:
             for records in batches.values():
                 for record in records:
                     self._resolve(record)
+
+    async def _heartbeat(self) -> None:
+        """A record on this process's reply topic: the topic is in use."""
+        try:
+            await send_acked(
+                self._producer, self.reply_topic, b"", key=None,
+                headers=[(Header.HEARTBEAT, b"1")], timeout_s=self._send_timeout_s,
+            )  # fmt: skip
+        except KafkaError:
+            log.warning("could not write the heartbeat of reply topic %s", self.reply_topic)
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            await self._heartbeat()
+            if self._orphans_of is not None:
+                try:
+                    await self.sweep_orphans()
+                except (KafkaError, TimeoutError):
+                    log.warning("could not sweep orphaned reply topics; trying again later")
+
+    async def sweep_orphans(self) -> list[str]:
+        """Delete the reply topics under ``orphans_of`` that were quiet on two sweeps.
+
+        Returns the topics deleted. Quiet: no record newer than ``orphan_after_s``; a live
+        requester writes one every ``heartbeat_s``.
+        """
+        if self._orphans_of is None:
+            return []
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        await admin.start()
+        try:
+            names = [
+                t
+                for t in await admin.list_topics()
+                if t.startswith(self._orphans_of) and t != self.reply_topic
+            ]
+            quiet = await self._quiet(names)
+            doomed = sorted(quiet & self._suspects)
+            self._suspects = quiet - set(doomed)
+            if doomed:
+                await admin.delete_topics(doomed, timeout_ms=5000)
+                log.info("deleted %d orphaned reply topics: %s", len(doomed), ", ".join(doomed))
+            return doomed
+        finally:
+            await admin.close()
+
+    async def _quiet(self, topics: list[str]) -> set[str]:
+        """Those of ``topics`` (one partition each) with no record since the cut-off."""
+        if not topics:
+            return set()
+        cutoff = now_ms() - int(self._orphan_after_s * 1000)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            async with asyncio.timeout(10):  # aiokafka waits forever on a vanished topic
+                found = await consumer.offsets_for_times(
+                    {TopicPartition(t, 0): cutoff for t in topics}
+                )
+        finally:
+            await consumer.stop()
+        return {tp.topic for tp, newer in found.items() if newer is None}
 
     def _resolve(self, record: Any) -> None:
         cid = header(record.headers, Header.CORRELATION_ID)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from imgsim_core.topics import Topics
 
@@ -37,12 +37,29 @@ class KafkaSettings(BaseModel):
         description="Retention of the request topics (queries, searches, status, lookups, "
         "admin) when the services create them; requests expire in seconds.",
     )
+    reply_heartbeat_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often a gateway writes a heartbeat record to its own reply topic.",
+    )
+    orphan_reply_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A gateway deletes another's reply topic after this long with no record "
+        "in it, seen on two sweeps in a row (its owner was killed and could not delete it).",
+    )
     send_timeout_s: float = Field(
         default=2.0,
         gt=0,
         description="How long a produce that a client waits on (a write, a request) may wait "
         "for the broker's acknowledgement before the client is told Kafka is unavailable.",
     )
+
+    @model_validator(mode="after")
+    def _orphans_outlive_heartbeats(self) -> KafkaSettings:
+        if self.orphan_reply_after_s <= self.reply_heartbeat_s:
+            raise ValueError("orphan_reply_after_s must be longer than reply_heartbeat_s")
+        return self
 
     @property
     def topics(self) -> Topics:

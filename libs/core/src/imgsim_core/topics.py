@@ -21,6 +21,7 @@ class Header:
     CORRELATION_ID = "correlation_id"  # FastStream's request/reply header
     REPLY_TO = "reply_to"  # FastStream's request/reply header
     DEADLINE = "deadline"  # epoch milliseconds after which nobody waits for the answer
+    HEARTBEAT = "imgsim-heartbeat"  # reply topics: the owner is alive (no correlation id)
     REASON = "reason"  # dead letters: why the record was rejected
     SOURCE_TOPIC = "source-topic"
     SOURCE_PARTITION = "source-partition"
@@ -74,8 +75,8 @@ class Topics:
         """Reindex commands to the indexer (:class:`~imgsim_core.contracts.ReindexRequested`)."""
         return f"{self.prefix}admin"
 
-    def replies(self, instance_id: str) -> str:
-        """The reply topic of one gateway instance."""
+    def replies(self, instance_id: str = "") -> str:
+        """The reply topic of one gateway instance (with no id: their common prefix)."""
         return f"{self.prefix}replies.{instance_id}"
 
     @property

@@ -141,6 +141,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             replication_factor=kafka.replication_factor,
             send_timeout_s=kafka.send_timeout_s,
             max_message_bytes=kafka.max_message_bytes,
+            heartbeat_s=kafka.reply_heartbeat_s,
+            orphans_of=kafka.topics.replies(),
+            orphan_after_s=kafka.orphan_reply_after_s,
         )
         redis = make_redis(settings.redis)
         cache = SearchCache(
