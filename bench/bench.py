@@ -8,7 +8,8 @@ Phases, in this order, in one process (nothing else should run on the machine):
 
 1. The model in the embedder's own settings (random weights, seed 0): img/s at batch 1,
    8 and the bulk batch from preprocessed tensors, and at the bulk batch from JPEG bytes
-   (decode + preprocess on the embedder's preprocessing threads, then the forward pass).
+   (decode + preprocess on the embedder's preprocessing threads, then the forward pass);
+   text queries/s at batch 1, 8 and the query batch.
 2. Ceilings without the model: preprocessing per core (640×480 and 4000×3000 JPEGs) and
    the indexer's upserts into the embedded store.
 3. A local stack (Kafka, Redis, gateway, embedder, indexer as processes) fed 640×480
@@ -143,6 +144,13 @@ def bench_model(report: Report, seconds: float) -> None:
         report.add(
             section, f"tensors, batch {batch}", f"{batch / took:.1f} img/s ({took * 1e3:.1f} ms)"
         )
+    for batch in sorted({1, 8, embedder.query_max_batch}):
+        texts = [f"a photo of thing number {i}" for i in range(batch)]
+        took = timed(functools.partial(encoder.encode_texts, texts), seconds)
+        report.values[f"model_text_b{batch}_s"] = took
+        report.add(
+            section, f"text queries, batch {batch}", f"{batch / took:.1f}/s ({took * 1e3:.1f} ms)"
+        )
     pool = ThreadPoolExecutor(embedder.preprocess_threads)
 
     def from_bytes() -> None:
@@ -272,15 +280,18 @@ async def searches(
     concurrency: int,
     headers: Callable[[int], dict[str, str]] | None = None,
 ) -> tuple[list[float], float]:
-    """Latencies (ms) and searches/s of one search per query."""
+    """Latencies (ms) and searches/s of one search per query (base64 images, or texts)."""
     latencies: list[float] = []
 
     async def one(i: int) -> None:
         started = time.perf_counter()
+        path, body = (
+            ("/api/v1/search/text", {"query": queries[i][len(TEXT) :]})
+            if queries[i].startswith(TEXT)
+            else ("/api/v1/search", {"image_data": queries[i]})
+        )
         response = await client.post(
-            "/api/v1/search",
-            json={"image_data": queries[i], "top_k": 10},
-            headers=headers(i) if headers else None,
+            path, json={**body, "top_k": 10}, headers=headers(i) if headers else None
         )
         response.raise_for_status()
         assert not response.json()["cached"], "a benchmark query was served from the cache"
@@ -288,6 +299,9 @@ async def searches(
 
     took = await run_limited(len(queries), concurrency, one)
     return latencies, len(queries) / took
+
+
+TEXT = "text:"  # marks a text query among the base64 images given to searches()
 
 
 def latency_text(latencies: list[float], rate: float) -> str:
@@ -330,6 +344,10 @@ async def bench_stack(report: Report, client: httpx.AsyncClient, args: argparse.
         report.add(
             "stack", f"uncached search, concurrency {concurrency}", latency_text(latencies, rate)
         )
+
+    texts = [f"{TEXT}a photo of {tag} number {i}" for i in range(2 * args.searches)]
+    latencies, rate = await searches(client, texts, 8)
+    report.add("stack", "uncached text search, concurrency 8", latency_text(latencies, rate))
 
     await bench_cached(report, client, images.take(1)[0])
 
