@@ -7,11 +7,18 @@ groups, e.g. ``INDEXER_KAFKA__BOOTSTRAP_SERVERS``. This module never reads the e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from imgsim_core.topics import Topics
+
+
+class Membership(TypedDict):
+    """Consumer-group timing, as FastStream's ``subscriber()`` takes it."""
+
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
 
 
 class KafkaSettings(BaseModel):
@@ -36,6 +43,13 @@ class KafkaSettings(BaseModel):
         ge=60_000,
         description="Retention of the request topics (queries, searches, status, lookups, "
         "admin) when the services create them; requests expire in seconds.",
+    )
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="Consumer-group session timeout of the workers: how long a killed "
+        "worker's partitions wait before the group gives them to another member (the "
+        "broker's group.min/max.session.timeout.ms bound it; 6000 and up by default).",
     )
     reply_heartbeat_s: float = Field(
         default=30.0,
@@ -64,6 +78,14 @@ class KafkaSettings(BaseModel):
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def membership(self) -> Membership:
+        """Group-membership timing for a FastStream subscriber (heartbeats at a third)."""
+        return {
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": max(100, self.session_timeout_ms // 3),
+        }
 
 
 class RedisSettings(BaseModel):

@@ -320,6 +320,7 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         parser=safe_batch_parser,
         max_records=settings.kafka.bulk_max_records,
         fetch_max_wait_ms=settings.kafka.bulk_fetch_max_wait_ms,
+        **settings.kafka.membership,
         title="images",
         description=(
             "Source of truth. Key: image id (UTF-8, 1–256 chars). Value: the encoded image "
@@ -354,6 +355,7 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.kafka.latency_fetch_max_wait_ms,
         max_workers=settings.query_concurrency,
+        **settings.kafka.membership,
         no_reply=True,
         decoder=raw_body,
         title="queries",

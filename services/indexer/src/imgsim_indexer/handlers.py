@@ -126,6 +126,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             group_id=f"{settings.group_id}-{name}",
             auto_offset_reset="earliest",
             fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
+            **kafka.membership,
             title=name,
             description=description,
         )
@@ -139,6 +140,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         parser=safe_batch_parser,
         max_records=kafka.bulk_max_records,
         fetch_max_wait_ms=kafka.bulk_fetch_max_wait_ms,
+        **kafka.membership,
         title="index-vectors",
         description="Upserts ImageEmbedded vectors; a null value (tombstone) deletes.",
     )
