@@ -293,3 +293,70 @@ async def test_redis_down_degrades_to_no_cache_and_searches_still_work(stack: St
             response = await c.post("/api/v1/search", json={"image_data": b64(image(1))})
             assert response.status_code == 200, response.text
             assert response.json()["cached"] is False
+
+
+class SeedClient:
+    """A client written against the seed's README only: its requests, its fields."""
+
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+
+    def index(self, data: bytes, image_id: str, tags: list[str]) -> dict[str, object]:
+        body = {
+            "image_data": "data:image/png;base64," + base64.b64encode(data).decode(),
+            "image_id": image_id,
+            "metadata": {"tags": tags, "source": "user_upload"},
+        }
+        response = self.http.post("/api/v1/index", json=body)
+        response.raise_for_status()
+        reply: dict[str, object] = response.json()
+        assert reply["success"] is True, reply
+        assert isinstance(reply["message"], str)
+        assert reply["message"]
+        assert isinstance(reply["processing_time_ms"], float | int)
+        return reply
+
+    def search(self, data: bytes) -> dict[str, object]:
+        body = {
+            "image_data": "data:image/png;base64," + base64.b64encode(data).decode(),
+            "top_k": 10,
+            "threshold": 0.7,
+            "include_metadata": True,
+        }
+        response = self.http.post("/api/v1/search", json=body)
+        response.raise_for_status()
+        reply: dict[str, object] = response.json()
+        uuid.UUID(str(reply["query_id"]))
+        assert isinstance(reply["search_time_ms"], float | int)
+        results = reply["results"]
+        assert isinstance(results, list)
+        assert reply["total_found"] == len(results)
+        return reply
+
+    def healthy(self) -> bool:
+        body = self.http.get("/api/v1/health").json()
+        datetime.fromisoformat(body["timestamp"])
+        return bool(body["status"] == "healthy" and body["version"] and body["services"])
+
+
+def test_a_client_written_for_the_seed_works_unchanged(stack: Stack) -> None:
+    seed = SeedClient(stack.url)
+    assert seed.healthy()
+    image_id = uid("seed-client.png")
+    seed.index(image(40), image_id, ["nature", "landscape"])
+    deadline = time.monotonic() + 30
+    while True:  # the seed indexed synchronously; here the image is searchable shortly after
+        found = seed.search(image(40))
+        results = found["results"]
+        assert isinstance(results, list)
+        if results:
+            break
+        assert time.monotonic() < deadline, "the seed client never found its image"
+        time.sleep(0.2)
+    best = results[0]
+    assert best["image_id"] == image_id
+    assert best["score"] >= 0.7
+    assert best["metadata"] == {"tags": ["nature", "landscape"], "source": "user_upload"}
+    stats = seed.http.get("/api/v1/stats")
+    assert stats.status_code == 200
+    seed.http.close()
