@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from imgsim_core.contracts import ImageEmbedded, SearchParams, pack_vector, point_id, unpack_vector
+from imgsim_core.contracts import (
+    ImageEmbedded,
+    SearchParams,
+    SearchRequested,
+    pack_vector,
+    point_id,
+    unpack_vector,
+)
 from imgsim_core.topics import Topics
 
 
@@ -50,3 +57,10 @@ def test_topic_names_follow_the_prefix() -> None:
     assert topics.vectors == "acme.vectors"
     assert topics.replies("g1") == "acme.replies.g1"
     assert set(topics.compacted) == {"acme.images", "acme.vectors"}
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\u0085", "\t\n", "\u2003"])
+def test_a_text_query_of_only_white_space_is_refused(text: str) -> None:
+    with pytest.raises(ValidationError, match=r"empty|at least 1 character"):
+        SearchRequested(text=text, deadline_ms=1)
+    assert SearchRequested(text=" a ", deadline_ms=1).text == " a "

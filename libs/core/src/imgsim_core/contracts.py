@@ -57,6 +57,21 @@ def finite_metadata(metadata: Metadata) -> Metadata:
 
 FiniteMetadata = Annotated[Metadata, AfterValidator(finite_metadata)]
 Vector = npt.NDArray[np.float32]
+MAX_QUERY_TEXT = 1000
+
+
+def query_text(text: str) -> str:
+    """A text query needs a character that is not white space (``str.strip``'s sense)."""
+    if not text.strip():
+        raise PydanticCustomError("empty_text", "the text is empty or only white space")
+    return text
+
+
+QueryText = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_QUERY_TEXT, examples=["a red bicycle"]),
+    AfterValidator(query_text),
+]
 
 TopK = Annotated[int, Field(ge=1, le=100, description="How many results, 1–100.")]
 Threshold = Annotated[
@@ -160,7 +175,7 @@ class SearchRequested(SearchParams):
     """A search that needs an embedding (queries topic). Exactly one of image or text."""
 
     image: str | None = Field(default=None, description="base64 image bytes")
-    text: str | None = Field(default=None, max_length=1000)
+    text: QueryText | None = None
     deadline_ms: int = Field(description="Epoch ms; the search is dropped after it.")
 
 

@@ -265,8 +265,6 @@ async def embed_query(
     """The query's vector search; raises ImageError (with a code) on bad input."""
     if (query.image is None) == (query.text is None):
         raise ImageError("bad_request", "a search needs exactly one of image or text")
-    if query.text is not None and not query.text.strip():
-        raise ImageError("bad_request", "the text is empty")
     if query.text is not None:
         vectors = await batcher.embed_text([query.text])
     else:

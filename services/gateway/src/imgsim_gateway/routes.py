@@ -15,6 +15,7 @@ from fastapi import status as http
 from pydantic import AfterValidator, JsonValue, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from imgsim_core import __version__
 from imgsim_core.contracts import FiniteMetadata, ReindexStatus, SearchHit
@@ -82,6 +83,16 @@ Wait = Annotated[
     bool, Query(description="Answer only once the change is searchable (or gone); 504 after "
                 "a bound, and the write still happens.")
 ]  # fmt: skip
+
+
+class _AnyPath(PathConvertor):
+    """Starlette's ``path`` matches no line break, so an id with one (invalid) would get a
+    routing 404; this matches every character, and the id rule answers 422 instead."""
+
+    regex = r"[\s\S]+"
+
+
+register_url_convertor("imageid", _AnyPath())
 ImageIdPath = Annotated[
     str,
     Path(min_length=1, max_length=MAX_IMAGE_ID_LENGTH, description=IMAGE_ID_RULE,
@@ -168,7 +179,7 @@ async def index_batch(
 
 
 @router.get(
-    "/images/{image_id:path}", response_model=ImageInfo, responses=_errors(404, 503, 504),
+    "/images/{image_id:imageid}", response_model=ImageInfo, responses=_errors(404, 503, 504),
     summary="Whether an image is indexed, with its metadata",
 )  # fmt: skip
 async def get_image(image_id: ImageIdPath, pipe: PipelineDep) -> ImageInfo:
@@ -182,7 +193,7 @@ async def get_image(image_id: ImageIdPath, pipe: PipelineDep) -> ImageInfo:
 
 
 @router.delete(
-    "/images/{image_id:path}", status_code=http.HTTP_202_ACCEPTED, response_model=DeleteAccepted,
+    "/images/{image_id:imageid}", status_code=http.HTTP_202_ACCEPTED, response_model=DeleteAccepted,
     responses=_errors(503, 504), summary="Delete an image (a tombstone through the pipeline)",
 )  # fmt: skip
 async def delete_image(
@@ -223,7 +234,7 @@ async def search(body: SearchRequest, pipe: PipelineDep) -> SearchResponse:
 
 
 @router.post(
-    "/search/text", response_model=SearchResponse, responses=_errors(422, 503, 504),
+    "/search/text", response_model=SearchResponse, responses=_errors(400, 422, 503, 504),
     summary="Search by text (CLIP's text tower)",
 )  # fmt: skip
 async def search_text(body: TextSearchRequest, pipe: PipelineDep) -> SearchResponse:

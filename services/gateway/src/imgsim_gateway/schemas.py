@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from imgsim_core.contracts import Filter, FiniteMetadata, Metadata, Threshold, TopK
+from imgsim_core.contracts import Filter, FiniteMetadata, Metadata, QueryText, Threshold, TopK
 from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
 
 ImageId = Annotated[
@@ -122,7 +122,7 @@ class SearchRequest(SearchOptions):
 
 
 class TextSearchRequest(SearchOptions):
-    query: str = Field(min_length=1, max_length=1000, examples=["a red bicycle"])
+    query: QueryText
 
 
 class SimilarSearchRequest(SearchOptions):
