@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 # Weights for `make up`: random (offline, meaningless vectors) | pretrained (downloads once).
 WEIGHTS ?= random
 
-.PHONY: bootstrap up test faults test-unit lint fmt typecheck bench bench-pipeline bench-cache compose-check asyncapi
+.PHONY: bootstrap up test faults test-unit lint fmt typecheck bench bench-pipeline bench-cache soak compose-check asyncapi
 
 bootstrap:
 	bash infra/local/bootstrap.sh
@@ -41,6 +41,9 @@ compose-check:
 
 asyncapi:
 	$(UV) run python -m imgsim_core.asyncapi > docs/asyncapi.json
+
+soak: bootstrap
+	$(UV) run python bench/soak.py $(SOAK_ARGS)
 
 bench-cache:
 	$(UV) run python bench/cache.py

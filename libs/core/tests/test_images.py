@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -96,3 +99,33 @@ def test_valid_header_with_garbage_body_is_an_image_error(garbage: bytes, fmt: s
     except ImageError as exc:
         outcome = exc.code
     assert outcome in {"RGB", "corrupt_image", "unsupported_format", "too_many_pixels"}
+
+
+def test_decoding_a_big_rgb_png_holds_one_copy_of_its_pixels(tmp_path: Path) -> None:
+    """Peak memory of one decode, in a fresh process that holds nothing else big: Pillow's
+    RGB is 4 bytes a pixel, and converting an image that is RGB already held it twice."""
+    side = 4000
+    png = tmp_path / "big.png"
+    Image.new("RGB", (side, side), (40, 90, 200)).save(png, format="PNG")  # ~100 KB
+    script = f"""
+from pathlib import Path
+from imgsim_core.images import decode_rgb
+from imgsim_core.settings import ImageLimits
+def status(field):
+    line = next(x for x in open("/proc/self/status") if x.startswith(field + ":"))
+    return int(line.split()[1])
+data = Path({str(png)!r}).read_bytes()
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to now
+before = status("VmRSS")
+image = decode_rgb(data, ImageLimits())
+assert image.mode == "RGB" and image.size == ({side}, {side})
+print(status("VmHWM") - before)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    grown_bytes = int(done.stdout.strip()) * 1024
+    one_copy = side * side * 4
+    assert one_copy * 0.8 < grown_bytes < one_copy * 1.4, (
+        f"{grown_bytes / 1e6:.0f} MB for {one_copy / 1e6:.0f} MB of pixels"
+    )

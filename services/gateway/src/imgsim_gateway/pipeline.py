@@ -133,7 +133,7 @@ class Query:
 class PixelBudget:
     """At most ``total`` pixels decoding at once (first come, first served); one request
     larger than the whole budget runs alone. Bounds the memory concurrent decodes take:
-    one 7000×7000 PNG is ~150 MB of RGB, and a few of them at once are gigabytes."""
+    one 7000×7000 PNG is ~200 MB of RGB in Pillow, and a few of them at once are gigabytes."""
 
     def __init__(self, total: int) -> None:
         self.total = total

@@ -27,11 +27,11 @@ class GatewaySettings(BaseSettings):
         default=30.0, gt=0, description="Most seconds between two pieces of a request body (408)."
     )
     decode_budget_pixels: int = Field(
-        default=100_000_000,
+        default=50_000_000,
         ge=1,
-        description="Pixels that validation decodes at once, all requests together (~3 bytes "
-        "each in memory); a request waits for its share. An image larger than the whole "
-        "budget is decoded alone.",
+        description="Pixels that validation decodes at once, all requests together (~4 bytes "
+        "each in memory, twice that while a non-RGB image converts); a request waits for "
+        "its share. An image larger than the whole budget is decoded alone.",
     )
     wait_timeout_s: float = Field(
         default=30.0, gt=0, description="Bound of wait=true; then 504, the write goes on."
