@@ -59,9 +59,9 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         from testcontainers.kafka import KafkaContainer
         from testcontainers.redis import RedisContainer
 
-        qdrant = DockerContainer("qdrant/qdrant:v1.15.1").with_exposed_ports(6333)
+        qdrant = DockerContainer("qdrant/qdrant:v1.19.1").with_exposed_ports(6333)
         with (
-            KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka_box,
+            KafkaContainer("apache/kafka:4.4.0").with_kraft() as kafka_box,
             RedisContainer() as redis_box,
             qdrant,
         ):

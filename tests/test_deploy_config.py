@@ -1,0 +1,237 @@
+"""The deployment files agree with the services' settings and with each other.
+
+``compose.yaml``, the Kubernetes manifests (``infra/k8s``, base and GPU overlay), the
+Dockerfiles and the Prometheus scrape config are read as data and checked against what
+each service needs to reach its dependencies, derived from its settings class: a service
+with a ``redis`` group needs a Redis URL, the indexer a Qdrant URL, every service Kafka and
+an OTLP endpoint, a worker its metrics port, bound where Prometheus can reach it. Ports
+must be the same number everywhere, and the versions of Kafka and Qdrant must agree
+between compose, the local broker's jars and the test containers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imgsim_embedder.settings import EmbedderSettings
+from imgsim_gateway.settings import GatewaySettings
+from imgsim_indexer.settings import IndexerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS: dict[str, tuple[str, type[Any]]] = {
+    "gateway": ("GATEWAY", GatewaySettings),
+    "embedder": ("EMBEDDER", EmbedderSettings),
+    "indexer": ("INDEXER", IndexerSettings),
+}
+# The compose services and Kubernetes Deployments of each imgsim service.
+COMPOSE = {
+    "gateway": "gateway",
+    "embedder": "embedder",
+    "embedder-gpu": "embedder",
+    "indexer": "indexer",
+}
+
+
+def needs(service: str) -> set[str]:
+    """The variables a service needs in a deployment where nothing is on localhost."""
+    prefix, settings = SETTINGS[service]
+    fields = settings.model_fields
+    wanted = {
+        f"{prefix}_KAFKA__BOOTSTRAP_SERVERS",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+    }
+    if "redis" in fields:
+        wanted.add(f"{prefix}_REDIS__URL")
+    if "qdrant" in fields:
+        wanted.add(f"{prefix}_QDRANT__URL")
+    if "metrics_port" in fields:  # the workers: metrics on their own port, off by default
+        wanted |= {f"{prefix}_METRICS_PORT", f"{prefix}_METRICS_HOST"}
+    else:
+        wanted |= {f"{prefix}_HOST", f"{prefix}_PORT"}
+    return wanted
+
+
+def port_variable(service: str) -> str:
+    prefix, settings = SETTINGS[service]
+    return f"{prefix}_METRICS_PORT" if "metrics_port" in settings.model_fields else f"{prefix}_PORT"
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def dockerfile(service: str) -> str:
+    return (ROOT / "services" / service / "Dockerfile").read_text()
+
+
+def exposed(service: str) -> int:
+    found = re.findall(r"^EXPOSE (\d+)", dockerfile(service), re.MULTILINE)
+    assert len(found) == 1, f"{service}'s Dockerfile exposes {found}"
+    return int(found[0])
+
+
+def scrape_targets() -> dict[str, int]:
+    config = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
+    targets: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                targets[host] = int(port)
+    return targets
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+def compose_services() -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = yaml.safe_load((ROOT / "compose.yaml").read_text())[
+        "services"
+    ]
+    return services
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSE))
+def test_compose_sets_what_each_service_needs(name: str) -> None:
+    service = COMPOSE[name]
+    env = {k: str(v) for k, v in compose_services()[name]["environment"].items()}
+    missing = needs(service) - env.keys()
+    assert not missing, f"compose service {name} lacks {sorted(missing)}"
+    for key, value in env.items():
+        if key.endswith(("_HOST", "_METRICS_HOST")):
+            assert value == "0.0.0.0", f"{name}: {key}={value} is unreachable from the network"
+        if key.endswith(("__BOOTSTRAP_SERVERS", "__URL", "OTEL_EXPORTER_OTLP_ENDPOINT")):
+            host = value.split("://")[-1].split("@")[-1].split(":")[0]
+            assert host not in ("127.0.0.1", "localhost"), f"{name}: {key}={value}"
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSE))
+def test_compose_ports_match_the_dockerfile_and_prometheus(name: str) -> None:
+    service = COMPOSE[name]
+    spec = compose_services()[name]
+    port = int(spec["environment"][port_variable(service)])
+    assert port == exposed(service), f"{name} listens on {port}, its Dockerfile exposes another"
+    published = [int(str(p).split(":")[-1]) for p in spec.get("ports", [])]
+    assert port in [*map(int, spec.get("expose", [])), *published], f"{name} does not expose {port}"
+    assert scrape_targets()[service] == port, f"Prometheus scrapes {service} elsewhere"
+
+
+def test_compose_services_reach_their_dependencies_by_name() -> None:
+    services = compose_services()
+    for name, service in COMPOSE.items():
+        env = services[name]["environment"]
+        for key, value in env.items():
+            if key.endswith("__BOOTSTRAP_SERVERS"):
+                assert str(value).split(":")[0] in services, f"{name}: no service {value}"
+            if key.endswith("__URL") and "://" in str(value):
+                host = str(value).split("://")[1].split(":")[0].split("@")[-1]
+                assert host in services, f"{name}: {key} names {host}, not a compose service"
+        assert service in SETTINGS
+
+
+# ----------------------------------------------------------------------------- kubernetes
+
+
+def k8s_documents(overlay: str) -> list[dict[str, Any]]:
+    """The manifests ``kubectl kustomize infra/k8s[/gpu]`` renders, as far as imgsim uses
+    kustomize: the base's resources, with the GPU overlay's strategic-merge patch applied
+    to the embedder's container."""
+    base = ROOT / "infra/k8s/base"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    docs = [d for resource in kustomization["resources"] for d in load_all(base / resource)]
+    if overlay == "gpu":
+        patch = yaml.safe_load((ROOT / "infra/k8s/gpu/embedder-gpu.yaml").read_text())
+        deployment = next(
+            d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "embedder"
+        )
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        patched = patch["spec"]["template"]["spec"]["containers"][0]
+        by_name = {e["name"]: e for e in container.get("env", [])}
+        by_name.update({e["name"]: e for e in patched.get("env", [])})
+        container["env"] = list(by_name.values())
+    return docs
+
+
+def secret_keys() -> dict[str, set[str]]:
+    return {
+        d["metadata"]["name"]: set(d.get("stringData", {}))
+        for d in load_all(ROOT / "infra/k8s/secret.example.yaml")
+    }
+
+
+def container_env(docs: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, str]:
+    config_maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    secrets = secret_keys()
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_maps[source["configMapRef"]["name"]])
+        if "secretRef" in source:
+            ref = source["secretRef"]
+            assert ref["name"] in secrets, f"secret {ref['name']} is not in secret.example.yaml"
+            env.update({key: "<secret>" for key in secrets[ref["name"]]})
+    env.update({e["name"]: str(e.get("value", "<ref>")) for e in container.get("env", [])})
+    return env
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_k8s_sets_what_each_service_needs(overlay: str, service: str) -> None:
+    docs = k8s_documents(overlay)
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == service
+    )
+    env = container_env(docs, deployment)
+    missing = needs(service) - env.keys()
+    assert not missing, f"the {service} Deployment ({overlay}) lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_k8s_ports_match_the_dockerfile_and_the_scrape_annotation(service: str) -> None:
+    docs = k8s_documents("cpu")
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == service
+    )
+    env = container_env(docs, deployment)
+    port = int(env[port_variable(service)])
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert int(template["metadata"]["annotations"]["prometheus.io/port"]) == port
+    assert port == exposed(service)
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        text = yaml.safe_dump(container.get(probe, {}))
+        assert str(port) in text or "port: http" in text or not text.strip("{}\n"), (
+            f"{service}'s {probe} checks another port: {text}"
+        )
+
+
+# ----------------------------------------------------------------------------- versions
+
+
+def test_kafka_and_qdrant_versions_agree() -> None:
+    compose = compose_services()
+    pom = (ROOT / "infra/kafka/pom.xml").read_text()
+    conftest = (ROOT / "tests/conftest.py").read_text()
+    local_kafka = re.search(r"<kafka.version>([\d.]+)</kafka.version>", pom)
+    assert local_kafka is not None
+    kafka = {
+        "compose": compose["kafka"]["image"].split(":")[1],
+        "local jars (infra/kafka/pom.xml)": local_kafka.group(1),
+        "test containers": re.findall(r'"apache/kafka:([\d.]+)"', conftest)[0],
+    }
+    assert len(set(kafka.values())) == 1, f"Kafka versions differ: {kafka}"
+    compose_qdrant = re.search(r"QDRANT_VERSION:-v([\d.]+)", compose["qdrant"]["image"])
+    assert compose_qdrant is not None
+    qdrant = {
+        "compose": compose_qdrant.group(1),
+        "test containers": re.findall(r'"qdrant/qdrant:v([\d.]+)"', conftest)[0],
+    }
+    assert len(set(qdrant.values())) == 1, f"Qdrant versions differ: {qdrant}"
