@@ -151,7 +151,7 @@ class ClipEncoder:
         # The parameters keep requires_grad=True: inference_mode records no autograd state
         # either way, and with it off, torch 2.x runs each linear layer on the text tower's
         # transposed (seq, batch, dim) input as a bmm over a weight copied per batch row:
-        # a batch of 6 texts took 1.1 s instead of 0.08 s in bf16 (bench/RESULTS.md).
+        # a batch of 6 texts took 1.1 s instead of ~0.1 s in bf16 (bench/RESULTS.md).
         model = model.to(device=device, dtype=dtype).eval()
         tokenizer = open_clip.get_tokenizer(settings.name)
         encoder = cls(
