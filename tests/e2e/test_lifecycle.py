@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import time
 import uuid
@@ -17,6 +18,8 @@ import httpx
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from PIL import Image
+from redis.asyncio import Redis
 
 from imgsim_core.contracts import ImageEmbedded, pack_vector
 from imgsim_core.settings import KafkaSettings, RedisSettings
@@ -361,3 +364,93 @@ def test_a_client_written_for_the_seed_works_unchanged(stack: Stack) -> None:
     stats = seed.http.get("/api/v1/stats")
     assert stats.status_code == 200
     seed.http.close()
+
+
+async def test_content_and_thumbnails_come_back_from_the_images_topic(
+    client: httpx.AsyncClient, stack: Stack, infra: Services
+) -> None:
+    image_id = uid("content/photo.jpg")
+    original = make_image(41, size=600, fmt="JPEG")
+    response = await client.post(
+        "/api/v1/index?wait=true", json={"image_data": b64(original), "image_id": image_id}
+    )
+    assert response.status_code == 202, response.text
+
+    got = await client.get(f"/api/v1/images/{image_id}/content")
+    assert got.status_code == 200, got.text
+    assert (got.content, got.headers["content-type"]) == (original, "image/jpeg")
+    tag = got.headers["etag"]
+    unchanged = await client.get(
+        f"/api/v1/images/{image_id}/content", headers={"If-None-Match": tag}
+    )
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+
+    webp = await client.get(
+        f"/api/v1/images/{image_id}/content?size=64", headers={"Accept": "image/webp,*/*"}
+    )
+    assert webp.status_code == 200, webp.text
+    assert webp.headers["content-type"] == "image/webp"
+    with Image.open(io.BytesIO(webp.content)) as thumb:
+        assert (thumb.format, max(thumb.size)) == ("WEBP", 64)
+    jpeg = await client.get(f"/api/v1/images/{image_id}/content?size=100&format=jpeg")
+    with Image.open(io.BytesIO(jpeg.content)) as thumb:
+        assert (thumb.format, thumb.size) == ("JPEG", (100, 100))
+    redis = Redis.from_url(infra.redis_url)
+    try:
+        cached = await redis.keys(f"{stack.prefix}thumb:*")
+    finally:
+        await redis.aclose()
+    assert len(cached) >= 2  # both thumbnails are in Redis, keyed by the record's offset
+    again = await client.get(f"/api/v1/images/{image_id}/content?size=64&format=webp")
+    assert again.content == webp.content
+
+    replaced = make_image(42, size=300, fmt="PNG")  # a new upload under the same id
+    response = await client.post(
+        "/api/v1/index?wait=true", json={"image_data": b64(replaced), "image_id": image_id}
+    )
+    assert response.status_code == 202, response.text
+    now = await client.get(f"/api/v1/images/{image_id}/content")
+    assert (now.content, now.headers["content-type"]) == (replaced, "image/png")
+    assert now.headers["etag"] != tag
+    small = await client.get(f"/api/v1/images/{image_id}/content?size=64&format=webp")
+    with Image.open(io.BytesIO(small.content)) as thumb:
+        assert thumb.size == (64, 64)  # the new image's thumbnail, not the cached old one
+    assert small.content != webp.content
+
+    too_big = await client.get(f"/api/v1/images/{image_id}/content?size=513")
+    assert too_big.status_code == 422
+    deleted = await client.delete(f"/api/v1/images/{image_id}?wait=true")
+    assert deleted.status_code == 202
+    gone = await client.get(f"/api/v1/images/{image_id}/content?size=64")
+    assert (gone.status_code, gone.json()["error"]["code"]) == (404, "not_found")
+
+
+async def test_content_of_an_image_an_upstream_producer_wrote(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    image_id = uid("upstream/raw.png")
+    data = make_image(43, size=200)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(f"{stack.prefix}images", data, key=image_id.encode())
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + 60
+    while (got := await client.get(f"/api/v1/images/{image_id}/content")).status_code == 404:
+        assert time.monotonic() < deadline, "the upstream image was never indexed"
+        await asyncio.sleep(0.2)
+    assert got.status_code == 200, got.text
+    assert (got.content, got.headers["content-type"]) == (data, "image/png")
+
+
+async def test_the_page_is_served_with_its_assets(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert '<script type="module" src="/ui/app.js">' in page.text
+    for asset, kind in (("/ui/app.js", "javascript"), ("/ui/style.css", "text/css")):
+        response = await client.get(asset)
+        assert response.status_code == 200
+        assert kind in response.headers["content-type"]

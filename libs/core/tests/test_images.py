@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from imgsim_core.images import ImageError, decode_rgb, inspect_image, sniff_format
+from imgsim_core.images import ImageError, decode_rgb, inspect_image, sniff_format, thumbnail
 from imgsim_core.settings import ImageLimits
 
 LIMITS = ImageLimits()
@@ -129,3 +129,26 @@ print(status("VmHWM") - before)
     assert one_copy * 0.8 < grown_bytes < one_copy * 1.4, (
         f"{grown_bytes / 1e6:.0f} MB for {one_copy / 1e6:.0f} MB of pixels"
     )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size", "longest", "expected"),
+    [
+        ("JPEG", (4000, 3000), 256, (256, 192)),
+        ("PNG", (300, 900), 128, (43, 128)),
+        ("GIF", (50, 40), 256, (50, 40)),
+    ],
+)
+def test_thumbnails_keep_the_aspect_and_never_upscale(
+    fmt: str, size: tuple[int, int], longest: int, expected: tuple[int, int]
+) -> None:
+    for out_format, pillow_name in (("webp", "WEBP"), ("jpeg", "JPEG")):
+        data = thumbnail(encode(fmt, size), LIMITS, longest, out_format)
+        with Image.open(io.BytesIO(data)) as img:
+            assert (img.format, img.size, img.mode) == (pillow_name, expected, "RGB")
+
+
+def test_a_thumbnail_of_bad_bytes_is_an_image_error() -> None:
+    with pytest.raises(ImageError) as caught:
+        thumbnail(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, LIMITS, 64)
+    assert caught.value.code == "corrupt_image"

@@ -14,12 +14,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from faststream.specification import AsyncAPI
 from faststream.specification.asyncapi.site import get_asyncapi_html
 from starlette.exceptions import HTTPException
@@ -31,6 +33,7 @@ from imgsim_core.kafka import ensure_topics, make_producer
 from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
 from imgsim_gateway.cache import SearchCache
+from imgsim_gateway.content import ContentReader
 from imgsim_gateway.errors import GatewayError
 from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.observability import instrument
@@ -39,6 +42,13 @@ from imgsim_gateway.routes import open_router, router
 from imgsim_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+# The page loads only its own script, style and images (thumbnails arrive as blob: URLs),
+# so metadata that smuggles markup has nowhere to run.
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 def error_response(status_code: int, code: str, message: str) -> JSONResponse:
@@ -159,12 +169,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 kafka.topics.vectors: settings.indexer_group,
             },
         )
+        pipeline = Pipeline(settings, producer, requester, cache)
+        content = ContentReader(
+            kafka, redis, pipeline.decoding, thumbnail_ttl_s=settings.thumbnail_cache_ttl_s
+        )
         sampler: asyncio.Task[None] | None = None
         try:
             await requester.start()
             await kafka_stats.start()
+            await content.start()
             sampler = asyncio.create_task(_sample_rates(kafka_stats), name="imgsim-rates")
-            app.state.pipeline = Pipeline(settings, producer, requester, cache)
+            app.state.pipeline = pipeline
+            app.state.content = content
             app.state.redis = redis
             app.state.kafka_stats = kafka_stats
             log.info("gateway ready; replies on %s", requester.reply_topic)
@@ -174,6 +190,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sampler
+            await content.stop()
             await kafka_stats.stop()
             await requester.stop()
             await producer.stop()
@@ -202,6 +219,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
 
     app.include_router(router)
+    app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The search page (static files in the gateway package; no build step)."""
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.exception_handler(GatewayError)
     async def on_gateway_error(_: Request, exc: GatewayError) -> JSONResponse:

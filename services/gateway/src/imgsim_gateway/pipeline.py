@@ -188,7 +188,7 @@ class Pipeline:
         self._requester = requester
         self._status: tuple[float, IndexerStatus] | None = None
         self._outage = Outage("producing to Kafka", log)
-        self._decoding = PixelBudget(settings.decode_budget_pixels)
+        self.decoding = PixelBudget(settings.decode_budget_pixels)
 
     @property
     def searches_in_flight(self) -> int:
@@ -206,7 +206,7 @@ class Pipeline:
         limits = self.settings.limits
         try:
             info = inspect_image(data, limits)
-            async with self._decoding.hold(decoded_pixels(info)):
+            async with self.decoding.hold(decoded_pixels(info)):
                 await asyncio.to_thread(decode_rgb, data, limits)
         except ImageError as exc:
             if exc.code == "image_too_large":

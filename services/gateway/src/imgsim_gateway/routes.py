@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
@@ -20,6 +20,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from imgsim_core import __version__
 from imgsim_core.contracts import FiniteMetadata, ReindexStatus, SearchHit
 from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
+from imgsim_gateway.content import MAX_THUMBNAIL, ContentGoneError, ContentReader, etag
 from imgsim_gateway.errors import BadRequestError, GatewayError, NotFoundError, UpstreamError
 from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.pipeline import Pipeline, decode_base64
@@ -176,6 +177,61 @@ async def index_batch(
     results = await asyncio.gather(*(one(item) for item in body.items))
     rejected = sum(r.status == "rejected" for r in results)
     return BatchIndexResponse(accepted=len(results) - rejected, rejected=rejected, results=results)
+
+
+ThumbnailSize = Annotated[
+    int | None,
+    Query(ge=16, le=MAX_THUMBNAIL, description="A thumbnail: longest side at most this many "
+          "pixels (16-512), cached in Redis. Unset: the original bytes."),
+]  # fmt: skip
+ThumbnailFormat = Annotated[
+    Literal["webp", "jpeg"] | None,
+    Query(description="Thumbnail format; unset: WebP when Accept allows it, else JPEG."),
+]
+
+
+# Declared before GET /images/{id}: that id matches slashes, so ".../content" is read here
+# as the content of the id before it (an id ending in "/content" gets its record only
+# through search and the CLI's direct reads).
+@router.get(
+    "/images/{image_id:imageid}/content", response_class=Response,
+    responses={
+        **_errors(404, 503, 504),
+        200: {"content": {m: {} for m in ("image/jpeg", "image/png", "image/webp", "image/gif",
+                                           "image/bmp")},
+              "description": "The image's bytes (original, or the thumbnail asked for)."},
+        304: {"description": "Unchanged since the ETag in If-None-Match."},
+        410: {"model": ErrorBody, "description": "Indexed, but its record is gone from the "
+              "images topic (retention, or replaced by a newer upload of the same id)."},
+    },
+    summary="The image itself, or a thumbnail of it, read back from the images topic",
+)  # fmt: skip
+async def image_content(
+    image_id: ImageIdPath,
+    request: Request,
+    pipe: PipelineDep,
+    size: ThumbnailSize = None,
+    format: ThumbnailFormat = None,
+) -> Response:
+    """The bytes come from the record the image's vector was computed from; ``ETag`` is
+    that record's place in the log, so a re-upload under the same id changes it."""
+    record = await pipe.lookup(image_id)
+    if not record.found:
+        raise NotFoundError(f"image {image_id!r} is not indexed")
+    if record.source_partition is None or record.source_offset is None:
+        raise ContentGoneError(f"image {image_id!r} was indexed without its source record")
+    reader: ContentReader = request.app.state.content
+    where = (image_id, record.source_partition, record.source_offset)
+    fmt = format or ("webp" if "image/webp" in request.headers.get("accept", "") else "jpeg")
+    tag = etag(record.source_partition, record.source_offset, (size, fmt) if size else None)
+    headers = {"ETag": tag, "Cache-Control": "private, no-cache", "Vary": "Accept"}
+    if request.headers.get("if-none-match") == tag:
+        return Response(status_code=http.HTTP_304_NOT_MODIFIED, headers=headers)
+    if size is None:
+        content = await reader.original(*where)
+    else:
+        content = await reader.thumbnail(*where, size, fmt, pipe.settings.limits)
+    return Response(content.data, media_type=content.content_type, headers=headers)
 
 
 @router.get(

@@ -47,6 +47,9 @@ class GatewaySettings(BaseSettings):
     )
     result_cache_ttl_s: int = Field(default=300, ge=0, description="0 turns the cache off.")
     embedding_cache_ttl_s: int = Field(default=86_400, ge=0, description="0 turns it off.")
+    thumbnail_cache_ttl_s: int = Field(
+        default=86_400, ge=0, description="Thumbnails in Redis; 0 turns the cache off."
+    )
     embedder_group: str = Field(
         default="imgsim-embedder", description="Consumer group whose lag on images /stats shows."
     )
