@@ -204,8 +204,9 @@ async def png_burst(stack: LocalStack, client: httpx.AsyncClient, count: int) ->
 
 
 async def run(args: argparse.Namespace) -> int:
-    no_proxy = {"NO_PROXY": os.environ.get("NO_PROXY", "") + ",127.0.0.1"}
-    with tempfile.TemporaryDirectory() as folder, local_stack(Path(folder), no_proxy) as stack:
+    env = {"NO_PROXY": os.environ.get("NO_PROXY", "") + ",127.0.0.1"}
+    env.update(item.split("=", 1) for item in args.env)
+    with tempfile.TemporaryDirectory() as folder, local_stack(Path(folder), env) as stack:
         async with httpx.AsyncClient(
             base_url=stack.gateway_url, timeout=30, trust_env=False
         ) as client:
@@ -248,10 +249,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--sample-s", type=float, default=10)
     parser.add_argument("--pngs", type=int, default=8, help="7000×7000 PNGs at the end (0: none)")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable for every service (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )  # fmt: skip
     args = parser.parse_args()
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {platform.node()}, "
-        f"{os.cpu_count()} cores, soak {args.seconds:.0f} s",
+        f"{os.cpu_count()} cores, soak {args.seconds:.0f} s, env {args.env or 'default'}",
         flush=True,
     )
     raise SystemExit(asyncio.run(run(args)))
