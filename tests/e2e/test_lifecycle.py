@@ -454,3 +454,136 @@ async def test_the_page_is_served_with_its_assets(client: httpx.AsyncClient) -> 
         response = await client.get(asset)
         assert response.status_code == 200
         assert kind in response.headers["content-type"]
+
+
+async def _upload(
+    client: httpx.AsyncClient, image_id: str, data: bytes, tag: str, check: bool = True
+) -> dict[str, object]:
+    response = await client.post(
+        f"/api/v1/index?wait=true&check_duplicates={str(check).lower()}",
+        json={"image_data": b64(data), "image_id": image_id, "metadata": {"tags": tag}},
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def test_exact_duplicates_are_reported_at_upload_and_in_groups(
+    client: httpx.AsyncClient,
+) -> None:
+    tag, first, copy, other = uid("dup"), uid("dup/a.png"), uid("dup/copy.png"), uid("dup/b.png")
+    data = make_image(61, size=160)
+
+    assert (await _upload(client, first, data, tag))["duplicate_of"] == []
+    again = await _upload(client, copy, data, tag)  # the same bytes under a new id
+    assert again["duplicate_of"] == [first]
+    assert f"already present as {first!r}" in str(again["message"])
+    assert (await _upload(client, first, data, tag))["duplicate_of"] == [copy]  # a re-upload
+    assert (await _upload(client, other, make_image(62, size=160), tag, check=False))[
+        "duplicate_of"
+    ] is None
+
+    response = await client.post("/api/v1/duplicates", json={"filter": {"tags": tag}})
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert [{g["image_id"], *(m["image_id"] for m in g["members"])} for g in page["groups"]] == [
+        {first, copy}
+    ]
+    assert page["groups"][0]["members"][0]["exact"] is True
+    assert (page["next_cursor"], page["scanned"]) == (None, 3)
+    near = await client.post(
+        "/api/v1/duplicates", json={"filter": {"tags": tag}, "threshold": 0.999, "limit": 5}
+    )
+    assert near.status_code == 200, near.text
+    assert {first, copy} in [
+        {g["image_id"], *(m["image_id"] for m in g["members"])} for g in near.json()["groups"]
+    ]
+    bad = await client.post("/api/v1/duplicates", json={"limit": 0})
+    assert bad.status_code == 422
+
+
+async def test_search_by_several_examples_and_by_a_crop(client: httpx.AsyncClient) -> None:
+    tag = uid("multi")
+    ids = [uid(f"multi/{i}.png") for i in range(4)]
+    pictures = [make_image(70 + i, size=200) for i in range(4)]
+    for image_id, data in zip(ids, pictures, strict=True):
+        await _upload(client, image_id, data, tag, check=False)
+    only_ours = {"filter": {"tags": tag}, "top_k": 4}
+
+    by_id = await client.post(
+        "/api/v1/search/multi",
+        json={"positive": [{"image_id": ids[0], "weight": 0.01}, {"image_data": b64(pictures[1])}],
+              **only_ours},
+    )  # fmt: skip
+    assert by_id.status_code == 200, by_id.text
+    found = [r["image_id"] for r in by_id.json()["results"]]
+    assert ids[0] not in found  # named by id: left out
+    assert found[0] == ids[1]  # the image given as bytes is itself the closest
+
+    mixed = await client.post(
+        "/api/v1/search/multi",
+        json={"positive": [{"text": "a colourful pattern"}, {"image_id": ids[2]}],
+              "negative": [{"image_id": ids[3]}], **only_ours},
+    )  # fmt: skip
+    assert mixed.status_code == 200, mixed.text
+    assert {r["image_id"] for r in mixed.json()["results"]} == {ids[0], ids[1]}
+
+    missing = await client.post(
+        "/api/v1/search/multi", json={"positive": [{"image_id": uid("never")}]}
+    )
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+    two_kinds = await client.post(
+        "/api/v1/search/multi", json={"positive": [{"image_id": ids[0], "text": "x"}]}
+    )
+    assert two_kinds.status_code == 422
+
+    whole = {"x": 0, "y": 0, "w": 200, "h": 200}
+    cropped = await client.post(
+        "/api/v1/search", json={"image_data": b64(pictures[2]), "crop": whole, **only_ours}
+    )
+    assert cropped.status_code == 200, cropped.text
+    assert cropped.json()["results"][0]["image_id"] == ids[2]
+    part = await client.post(
+        "/api/v1/search",
+        json={"image_data": b64(pictures[2]), "crop": {"x": 0, "y": 0, "w": 100, "h": 100},
+              **only_ours},
+    )  # fmt: skip
+    assert part.status_code == 200, part.text
+    assert part.json()["results"][0]["score"] < cropped.json()["results"][0]["score"]
+    outside = await client.post(
+        "/api/v1/search",
+        json={"image_data": b64(pictures[2]), "crop": {"x": 150, "y": 0, "w": 100, "h": 10}},
+    )
+    assert (outside.status_code, outside.json()["error"]["code"]) == (422, "bad_crop")
+
+
+async def test_vectors_on_request(client: httpx.AsyncClient) -> None:
+    tag, image_id = uid("vec"), uid("vec/1.png")
+    await _upload(client, image_id, make_image(80, size=120), tag, check=False)
+
+    got = await client.get(f"/api/v1/images/{image_id}?include_vector=true")
+    vector = np.asarray(got.json()["vector"])
+    assert vector.shape == (512,)
+    assert float(np.linalg.norm(vector)) == pytest.approx(1.0, abs=1e-4)
+    assert len(got.json()["content_sha256"]) == 64
+    assert (await client.get(f"/api/v1/images/{image_id}")).json()["vector"] is None
+
+    found = await client.post(
+        "/api/v1/search/text",
+        json={"query": "anything", "filter": {"tags": tag}, "include_vectors": True},
+    )
+    assert found.status_code == 200, found.text
+    assert np.allclose(found.json()["results"][0]["vector"], vector, atol=1e-6)
+
+
+async def test_the_new_endpoints_are_documented_with_examples(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/api/v1/search/multi", "/api/v1/duplicates", "/api/v1/images/{image_id}/content"):
+        assert path in spec["paths"], path
+    schemas = spec["components"]["schemas"]
+    assert schemas["MultiSearchRequest"]["properties"]["positive"]["examples"]
+    assert schemas["DuplicatesRequest"]["properties"]["threshold"]["examples"] == [0.95]
+    assert (
+        "image/webp"
+        in spec["paths"]["/api/v1/images/{image_id}/content"]["get"]["responses"]["200"]["content"]
+    )

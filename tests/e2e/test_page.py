@@ -128,6 +128,16 @@ async def test_index_and_search_from_the_page(
     await page.press("#query-text", "Enter")
     await expect(page.locator("#search-state")).to_contain_text("0 results")
     await expect(page.locator("#search-error")).to_be_empty()
+
+    # The same bytes again under another name: accepted, and said to be present already.
+    copy = tmp_path / "copy" / "red-again.png"
+    copy.parent.mkdir()
+    copy.write_bytes(files[0].read_bytes())
+    await page.set_input_files("#index-files", str(copy))
+    await expect(state).to_have_text("1 of 1 accepted, 1 already present under another id. Done.")
+    assert await page.locator("#index-notes li").all_text_contents() == [
+        "red-again.png: already present as red.png"
+    ]
     assert problems == []
 
 

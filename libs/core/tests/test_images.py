@@ -152,3 +152,35 @@ def test_a_thumbnail_of_bad_bytes_is_an_image_error() -> None:
     with pytest.raises(ImageError) as caught:
         thumbnail(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, LIMITS, 64)
     assert caught.value.code == "corrupt_image"
+
+
+def quadrants(size: tuple[int, int], fmt: str) -> bytes:
+    """An image whose right half is white and left half black."""
+    img = Image.new("RGB", size, (0, 0, 0))
+    img.paste((255, 255, 255), (size[0] // 2, 0, size[0], size[1]))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, quality=95)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_crop_is_in_the_originals_pixels_even_after_a_draft_decode(fmt: str) -> None:
+    data = quadrants((3000, 2000), fmt)  # a JPEG this big is draft-decoded at 1/8
+
+    right = decode_rgb(data, LIMITS, crop=(1600, 100, 1200, 1200))
+    left = decode_rgb(data, LIMITS, crop=(0, 0, 1400, 1800))
+
+    assert min(right.size) >= 224
+    assert min(right.getchannel(0).tobytes()) > 200  # white: the box stayed in the right half
+    assert max(left.getchannel(0).tobytes()) < 50
+    assert right.size[0] / right.size[1] == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "box", [(0, 0, 33, 10), (31, 0, 2, 2), (0, 24, 1, 1)], ids=["wide", "right", "below"]
+)
+def test_a_crop_outside_the_image_is_a_bad_crop(box: tuple[int, int, int, int]) -> None:
+    with pytest.raises(ImageError) as info:
+        decode_rgb(encode("PNG"), LIMITS, crop=box)
+    assert info.value.code == "bad_crop"
+    assert "32×24" in info.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -232,3 +233,97 @@ async def test_bad_queries_raise_with_a_code(
             limits=LIMITS,
         )
     assert info.value.code == code
+
+
+def two_halves(left: int, right: int) -> bytes:
+    """A 64×32 PNG whose left half has red ``left`` and right half red ``right``."""
+    img = Image.new("RGB", (64, 32), (left, 0, 0))
+    img.paste((right, 0, 0), (32, 0, 64, 32))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def test_a_crop_embeds_only_its_region(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    image = base64.b64encode(two_halves(50, 200)).decode()
+    whole, right = [
+        await embed_query(
+            query(image=image, **crop), encoder=fake_batcher.encoder, batcher=fake_batcher,
+            pool=pool, limits=LIMITS,
+        )
+        for crop in ({}, {"crop": {"x": 40, "y": 4, "w": 20, "h": 20}})
+    ]  # fmt: skip
+    # The fake's vector is the red of the region's top-left pixel.
+    assert unpack_vector(whole.vector or "")[0] == 50.0
+    assert unpack_vector(right.vector or "")[0] == 200.0
+
+
+async def test_a_crop_outside_the_image_is_refused(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    box = {"x": 20, "y": 0, "w": 20, "h": 5}
+    outside = query(image=base64.b64encode(png(1)).decode(), crop=box)
+    with pytest.raises(ImageError) as info:
+        await embed_query(
+            outside, encoder=fake_batcher.encoder, batcher=fake_batcher, pool=pool, limits=LIMITS
+        )
+    assert info.value.code == "bad_crop"
+    assert "32×32" in info.value.message
+
+
+async def test_examples_are_embedded_in_one_batch_a_kind(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    calls = fake_batcher.encoder.calls  # type: ignore[attr-defined]
+    before = len(calls)
+    q = query(
+        positive=[
+            {"image": base64.b64encode(png(30)).decode(), "weight": 2.0},
+            {"text": "cat"},
+            {"image_id": "known/1.jpg", "weight": 0.5},
+            {"image": base64.b64encode(two_halves(60, 90)).decode(),
+             "crop": {"x": 32, "y": 0, "w": 32, "h": 32}},
+        ],
+        negative=[{"text": "a dog"}],
+    )  # fmt: skip
+    search = await embed_query(
+        q, encoder=fake_batcher.encoder, batcher=fake_batcher, pool=pool, limits=LIMITS
+    )
+    assert (search.vector, search.model_id) == (None, "fake/test")
+    vectors = [None if e.vector is None else unpack_vector(e.vector)[0] for e in search.positive]
+    assert vectors == [30.0, 3.0, None, 90.0]  # the fake's text vector starts at len(text)
+    assert [e.weight for e in search.positive] == [2.0, 1.0, 0.5, 1.0]
+    assert search.positive[2].image_id == "known/1.jpg"
+    assert all(e.image is None and e.text is None for e in (*search.positive, *search.negative))
+    assert unpack_vector(search.negative[0].vector or "")[0] == 5.0
+    assert sorted(calls[before:]) == [("image", 2), ("text", 1), ("text", 1)]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"negative": [{"text": "x"}]}, id="negative-only"),
+        pytest.param({"text": "x", "positive": [{"text": "y"}]}, id="text-and-examples"),
+    ],
+)
+async def test_bad_example_queries_are_bad_requests(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor, fields: dict[str, Any]
+) -> None:
+    with pytest.raises(ImageError) as info:
+        await embed_query(
+            query(**fields), encoder=fake_batcher.encoder, batcher=fake_batcher, pool=pool,
+            limits=LIMITS,
+        )  # fmt: skip
+    assert info.value.code == "bad_request"
+
+
+async def test_a_vector_carries_the_sha256_of_its_bytes(
+    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+) -> None:
+    data = png(7)
+    outs = await run([record(0, b"a", data), record(1, b"b", data)], fake_batcher, pool)
+
+    hashes = {ImageEmbedded.model_validate_json(o.value or b"").content_sha256 for o in outs}
+    assert hashes == {hashlib.sha256(data).hexdigest()}

@@ -145,6 +145,7 @@ async def test_edge_payload_indexes_created_once_and_kept(tmp_path: Path) -> Non
             "metadata.year": qe.PayloadSchemaType.Integer,
             "metadata.score": qe.PayloadSchemaType.Float,
             "metadata.ok": qe.PayloadSchemaType.Bool,
+            "content_sha256": qe.PayloadSchemaType.Keyword,  # always: exact duplicates
         }
         assert await found(again, {"tags": "x", "year": 2020}) == {"a"}
     finally:

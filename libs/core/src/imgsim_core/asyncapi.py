@@ -18,6 +18,8 @@ from faststream.specification import AsyncAPI
 
 from imgsim_core import __version__
 from imgsim_core.contracts import (
+    DuplicatesReplied,
+    DuplicatesRequested,
     ImageEmbedded,
     ImageRecord,
     IndexerStatus,
@@ -68,6 +70,7 @@ _ENRICH: dict[str, tuple[dict[str, Any] | None, dict[str, Any], list[str], str]]
     "searches": (None, {**_REQUEST, **_TRACE}, [Header.CORRELATION_ID, Header.REPLY_TO], ""),
     "status": (None, {**_REQUEST, **_TRACE}, [Header.CORRELATION_ID, Header.REPLY_TO], ""),
     "lookups": (None, {**_REQUEST, **_TRACE}, [Header.CORRELATION_ID, Header.REPLY_TO], ""),
+    "duplicates": (None, {**_REQUEST, **_TRACE}, [Header.CORRELATION_ID, Header.REPLY_TO], ""),
     "admin": (None, {**_REQUEST, **_TRACE}, [Header.CORRELATION_ID, Header.REPLY_TO], ""),
     "replies": (None, {Header.CORRELATION_ID: _TEXT, **_TRACE}, [Header.CORRELATION_ID], ""),
     "deadletter": (
@@ -114,6 +117,12 @@ def contract_broker(topics: Topics, bootstrap: str = "kafka:9092") -> KafkaBroke
 
     @broker.subscriber(topics.lookups, title="lookups", description="One image's record.")
     async def lookups(body: LookupRequested) -> ImageRecord:
+        raise NotImplementedError(_DOCUMENT_ONLY)
+
+    @broker.subscriber(
+        topics.duplicates, title="duplicates", description="A page of duplicate groups."
+    )
+    async def duplicates(body: DuplicatesRequested) -> DuplicatesReplied:
         raise NotImplementedError(_DOCUMENT_ONLY)
 
     @broker.subscriber(topics.admin, title="admin", description="Reindex commands.")

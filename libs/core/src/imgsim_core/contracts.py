@@ -79,6 +79,10 @@ Threshold = Annotated[
 ]
 
 
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+POINT_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
 def point_id(image_id: str) -> str:
     """The vector store's point id of an image: UUIDv5 of the image id."""
     return str(uuid.uuid5(POINT_NAMESPACE, image_id))
@@ -113,6 +117,10 @@ class ImageEmbedded(_Event):
         default=None, description="Offset of the image record this vector was computed from."
     )
     embedded_at: datetime
+    content_sha256: str | None = Field(
+        default=None, pattern=SHA256_PATTERN,
+        description="SHA-256 (hex) of the image bytes: exact duplicates share it.",
+    )  # fmt: skip
 
     def array(self) -> Vector:
         return unpack_vector(self.vector)
@@ -163,6 +171,7 @@ class SearchParams(_Event):
     top_k: TopK = 10
     threshold: Threshold | None = None
     include_metadata: bool = True
+    include_vectors: bool = False
     filter: Filter = Field(
         default=None,
         description="Metadata conditions, all of which must hold: key → value, list of "
@@ -171,23 +180,76 @@ class SearchParams(_Event):
     )
 
 
-class SearchRequested(SearchParams):
-    """A search that needs an embedding (queries topic). Exactly one of image or text."""
+class Crop(_Event):
+    """A region of an image, in the original image's pixels (``x``, ``y``: top left)."""
+
+    x: int = Field(ge=0, examples=[40])
+    y: int = Field(ge=0, examples=[20])
+    w: int = Field(ge=1, examples=[200])
+    h: int = Field(ge=1, examples=[150])
+
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.x, self.y, self.w, self.h)
+
+
+MAX_EXAMPLES = 16
+Weight = Annotated[float, Field(gt=0, le=100, description="How much this example counts.")]
+
+
+class Example(_Event):
+    """One example of a multi-example search: exactly one of ``image`` (base64),
+    ``text``, ``image_id`` (an indexed image) or ``vector`` (what the embedder turns an
+    image or a text into before the indexer sees it)."""
 
     image: str | None = Field(default=None, description="base64 image bytes")
     text: QueryText | None = None
+    image_id: str | None = Field(default=None, max_length=MAX_IMAGE_ID_LENGTH)
+    vector: str | None = Field(default=None, description="base64 of packed little-endian float32")
+    weight: Weight = 1.0
+    crop: Crop | None = Field(default=None, description="Only with image: search this region.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Example:
+        given = [v for v in (self.image, self.text, self.image_id, self.vector) if v is not None]
+        if len(given) != 1:
+            raise ValueError("an example has exactly one of image, text, image_id, vector")
+        if self.crop is not None and self.image is None:
+            raise ValueError("a crop goes with an image example only")
+        return self
+
+
+Examples = Annotated[list[Example], Field(max_length=MAX_EXAMPLES)]
+
+
+class SearchRequested(SearchParams):
+    """A search that needs an embedding (queries topic): exactly one of image or text,
+    or examples (``positive``, at least one, and ``negative``) of which some are images
+    or texts."""
+
+    image: str | None = Field(default=None, description="base64 image bytes")
+    text: QueryText | None = None
+    crop: Crop | None = Field(default=None, description="Only with image: search this region.")
+    positive: Examples = Field(default_factory=list)
+    negative: Examples = Field(default_factory=list)
     deadline_ms: int = Field(description="Epoch ms; the search is dropped after it.")
 
 
 class VectorSearchRequested(SearchParams):
-    """A search with its query vector, or by an indexed image's id (searches topic).
+    """A search with its query vector, by an indexed image's id, or by examples that are
+    vectors and ids (searches topic).
 
-    Exactly one of ``vector`` and ``like_image_id``; a search by id ("more like this")
-    leaves the image itself out of its hits.
+    Exactly one of ``vector``, ``like_image_id`` and ``positive`` (``negative`` goes with
+    ``positive``); a search by id ("more like this") leaves the image itself out of its
+    hits, a search by examples leaves out the images it names. Examples combine as
+    Qdrant's recommend API does ("average_vector"): with weighted means P of the positive
+    and N of the negative vectors, the query is P + (P − N), normalised (P alone without
+    negatives).
     """
 
     vector: str | None = Field(default=None, description="base64 of packed little-endian float32")
     like_image_id: str | None = Field(default=None, max_length=MAX_IMAGE_ID_LENGTH)
+    positive: Examples = Field(default_factory=list)
+    negative: Examples = Field(default_factory=list)
     model_id: str | None = None
     deadline_ms: int
 
@@ -196,6 +258,7 @@ class SearchHit(_Event):
     image_id: str
     score: float
     metadata: Metadata | None = None
+    vector: str | None = Field(default=None, description="With include_vectors: base64 float32.")
 
 
 class SearchReplied(_Event):
@@ -232,6 +295,7 @@ class LookupRequested(_Event):
     """Asks the indexer for one image's record (lookups topic)."""
 
     image_id: str = Field(max_length=MAX_IMAGE_ID_LENGTH)
+    include_vector: bool = False
     deadline_ms: int
 
 
@@ -245,7 +309,50 @@ class ImageRecord(_Event):
     indexed_at: datetime | None = None
     source_partition: int | None = None
     source_offset: int | None = None
+    content_sha256: str | None = None
+    vector: str | None = Field(default=None, description="With include_vector: base64 float32.")
     error: str | None = None
+
+
+class DuplicatesRequested(_Event):
+    """Asks the indexer for groups of duplicates (duplicates topic).
+
+    With ``content_sha256``: the one group of images with those exact bytes. Otherwise the
+    collection (or the part ``filter`` selects) is scanned in point-id order from
+    ``cursor``: each image is grouped with the other images whose bytes are the same and,
+    with a ``threshold``, those at least that similar, at most ``max_group`` of them. A
+    group is reported at its first image in scan order (its members come later), and not
+    when an earlier member's group already holds all of it, so every pair is reported
+    and no group repeats inside a bigger one.
+    """
+
+    content_sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    threshold: Threshold | None = Field(default=None, description="None: exact copies only.")
+    filter: Filter = None
+    limit: int = Field(default=20, ge=1, le=50, description="Groups on one page.")
+    cursor: str | None = Field(default=None, pattern=POINT_ID_PATTERN)
+    max_group: int = Field(default=20, ge=1, le=50, description="Members of a group at most.")
+    deadline_ms: int
+
+
+class DuplicateMember(_Event):
+    image_id: str
+    score: float = Field(description="Cosine similarity to the group's first image.")
+    exact: bool = Field(description="The same bytes as the group's first image.")
+
+
+class DuplicateGroup(_Event):
+    image_id: str = Field(description="The group's first image in scan order.")
+    members: list[DuplicateMember]
+    truncated: bool = Field(default=False, description="More members than max_group.")
+
+
+class DuplicatesReplied(_Event):
+    groups: list[DuplicateGroup] = Field(default_factory=list)
+    next_cursor: str | None = Field(default=None, description="None: the scan is complete.")
+    scanned: int = Field(default=0, description="Images this page looked at.")
+    error: str | None = None
+    error_code: str | None = None
 
 
 ReindexState = Literal["idle", "running", "switching", "done", "failed"]

@@ -95,32 +95,63 @@ def decoded_pixels(info: ImageInfo, target: int = 224) -> int:
     return max(1, pixels // (reduction * reduction))
 
 
-def decode_rgb(data: bytes, limits: ImageLimits, target: int = 224) -> Image.Image:
+Box = tuple[int, int, int, int]  # x, y, width, height in the image's pixels
+
+
+def check_crop(info: ImageInfo, crop: Box) -> None:
+    """Refuse a crop box that does not lie inside the image (code ``bad_crop``)."""
+    x, y, w, h = crop
+    if x < 0 or y < 0 or w < 1 or h < 1 or x + w > info.width or y + h > info.height:
+        raise ImageError(
+            "bad_crop",
+            f"the crop x={x}, y={y}, w={w}, h={h} is not inside the {info.width}×{info.height} "
+            "image",
+        )
+
+
+def decode_rgb(
+    data: bytes, limits: ImageLimits, target: int = 224, crop: Box | None = None
+) -> Image.Image:
     """Decode to RGB, the first frame of an animation; big JPEGs are draft-decoded.
 
     ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale straight away, which is
-    ~4× faster for a 12-MP photo; the result stays at least ``target`` on its short side.
+    ~4× faster for a 12-MP photo; the result stays at least ``target`` on its short side
+    (of the ``crop`` box, when there is one: the box is in the original's pixels).
     """
     info = inspect_image(data, limits)
+    if crop is not None:
+        check_crop(info, crop)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[info.format])
             if info.format == "JPEG":
-                scale = min(img.size) / target
+                short = min(crop[2:]) if crop else min(img.size)
+                scale = short / target
                 if scale >= 2:
                     img.draft("RGB", (max(target, img.size[0] // int(scale)), target))
             img.seek(0)
             img.load()
+            region = img if crop is None else _cropped(img, crop, info)
             # Pillow holds RGB at 4 bytes a pixel; convert() of an RGB image would copy it,
             # doubling the peak of a 7000×7000 PNG (~200 MB → ~400 MB).
-            return img if img.mode == "RGB" else img.convert("RGB")
+            return region if region.mode == "RGB" else region.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("too_many_pixels", f"decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(
             "corrupt_image", f"the {info.format} data cannot be decoded: {exc}"
         ) from exc
+
+
+def _cropped(img: Image.Image, crop: Box, info: ImageInfo) -> Image.Image:
+    """The box of the original's pixels, on an image that a draft decode may have shrunk."""
+    fx, fy = img.size[0] / info.width, img.size[1] / info.height
+    x, y, w, h = crop
+    left, top = int(x * fx), int(y * fy)
+    right = max(left + 1, min(img.size[0], round((x + w) * fx)))
+    bottom = max(top + 1, min(img.size[1], round((y + h) * fy)))
+    return img.crop((left, top, right, bottom))
 
 
 THUMBNAIL_FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg")}

@@ -71,6 +71,11 @@ class Topics:
         return f"{self.prefix}lookups"
 
     @property
+    def duplicates(self) -> str:
+        """Duplicate groups (:class:`~imgsim_core.contracts.DuplicatesRequested`)."""
+        return f"{self.prefix}duplicates"
+
+    @property
     def admin(self) -> str:
         """Reindex commands to the indexer (:class:`~imgsim_core.contracts.ReindexRequested`)."""
         return f"{self.prefix}admin"
@@ -86,7 +91,7 @@ class Topics:
     @property
     def requests(self) -> tuple[str, ...]:
         """Request/reply topics: each record lives for its deadline (seconds)."""
-        return (self.queries, self.searches, self.status, self.lookups, self.admin)
+        return (self.queries, self.searches, self.status, self.lookups, self.duplicates, self.admin)
 
     @property
     def all_shared(self) -> tuple[str, ...]:

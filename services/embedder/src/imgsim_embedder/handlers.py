@@ -30,8 +30,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from imgsim_core.contracts import (
+    Crop,
+    Example,
     ImageEmbedded,
     Metadata,
     SearchParams,
@@ -56,7 +59,7 @@ from imgsim_core.contracts import (
     VectorSearchRequested,
     pack_vector,
 )
-from imgsim_core.images import ImageError, decode_rgb
+from imgsim_core.images import Box, ImageError, decode_rgb
 from imgsim_core.kafka import (
     EventError,
     OutRecord,
@@ -122,9 +125,11 @@ class _Valid:
     future: asyncio.Future[torch.Tensor]
 
 
-def _prepare(encoder: ImageEncoder, data: bytes, limits: ImageLimits) -> torch.Tensor:
-    """Decode and preprocess one image; runs in the preprocessing pool."""
-    return encoder.preprocess(decode_rgb(data, limits))
+def _prepare(
+    encoder: ImageEncoder, data: bytes, limits: ImageLimits, crop: Box | None = None
+) -> torch.Tensor:
+    """Decode (and crop) and preprocess one image; runs in the preprocessing pool."""
+    return encoder.preprocess(decode_rgb(data, limits, crop=crop))
 
 
 async def embed_records(
@@ -197,6 +202,7 @@ async def embed_records(
             source_partition=record.partition,
             source_offset=record.offset,
             embedded_at=now,
+            content_sha256=hashlib.sha256(record.value or b"").hexdigest(),
         )
         # Each vector carries its own image's trace (the record's span in this batch).
         model_headers = produced_headers(model_id=encoder.model_id, source=record)
@@ -254,6 +260,49 @@ async def _embed_bulk(
     return results
 
 
+def _box(crop: Crop | None) -> Box | None:
+    return None if crop is None else crop.box()
+
+
+def _image_bytes(image: str) -> bytes:
+    try:
+        return base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError("bad_base64", "the image is not valid base64") from exc
+
+
+async def _embed_examples(
+    examples: Sequence[Example],
+    *,
+    encoder: ImageEncoder,
+    batcher: MicroBatcher,
+    pool: ThreadPoolExecutor,
+    limits: ImageLimits,
+) -> list[Example]:
+    """The examples with each image and text replaced by its vector (ids pass through):
+    the texts in one batch, the images in another."""
+    loop = asyncio.get_running_loop()
+    texts = [e.text for e in examples if e.text is not None]
+    images = [
+        loop.run_in_executor(pool, _prepare, encoder, _image_bytes(e.image), limits, _box(e.crop))
+        for e in examples
+        if e.image is not None
+    ]
+    tensors = [await future for future in images]
+    text_vectors: Iterator[Vector] = iter(await batcher.embed_text(texts) if texts else [])
+    image_vectors: Iterator[Vector] = iter(
+        await batcher.embed_images(tensors, urgent=True) if tensors else []
+    )
+    out = []
+    for example in examples:
+        if example.text is None and example.image is None:
+            out.append(example)
+            continue
+        vector = next(text_vectors) if example.text is not None else next(image_vectors)
+        out.append(Example(vector=pack_vector(vector), weight=example.weight))
+    return out
+
+
 async def embed_query(
     query: SearchRequested,
     *,
@@ -263,20 +312,33 @@ async def embed_query(
     limits: ImageLimits,
 ) -> VectorSearchRequested:
     """The query's vector search; raises ImageError (with a code) on bad input."""
+    params = query.model_dump(include=set(SearchParams.model_fields))
+    if query.positive or query.negative:
+        if query.image is not None or query.text is not None or not query.positive:
+            raise ImageError("bad_request", "a search by examples needs positive examples only")
+        positive = await _embed_examples(
+            query.positive, encoder=encoder, batcher=batcher, pool=pool, limits=limits
+        )
+        negative = await _embed_examples(
+            query.negative, encoder=encoder, batcher=batcher, pool=pool, limits=limits
+        )
+        return VectorSearchRequested(
+            **params, positive=positive, negative=negative, model_id=encoder.model_id,
+            deadline_ms=query.deadline_ms,
+        )  # fmt: skip
     if (query.image is None) == (query.text is None):
         raise ImageError("bad_request", "a search needs exactly one of image or text")
+    if query.crop is not None and query.image is None:
+        raise ImageError("bad_request", "a crop goes with an image query only")
     if query.text is not None:
         vectors = await batcher.embed_text([query.text])
     else:
-        try:
-            data = base64.b64decode(query.image or "", validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ImageError("bad_base64", "the image is not valid base64") from exc
+        data = _image_bytes(query.image or "")
         loop = asyncio.get_running_loop()
-        tensor = await loop.run_in_executor(pool, _prepare, encoder, data, limits)
+        tensor = await loop.run_in_executor(pool, _prepare, encoder, data, limits, _box(query.crop))
         vectors = await batcher.embed_images([tensor], urgent=True)
     return VectorSearchRequested(
-        **query.model_dump(include=set(SearchParams.model_fields)),
+        **params,
         vector=pack_vector(vectors[0]),
         model_id=encoder.model_id,
         deadline_ms=query.deadline_ms,

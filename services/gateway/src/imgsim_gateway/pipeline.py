@@ -17,6 +17,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
+import json
 import logging
 import re
 import time
@@ -30,6 +32,10 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 
 from imgsim_core.contracts import (
+    Crop,
+    DuplicatesReplied,
+    DuplicatesRequested,
+    Example,
     ImageRecord,
     IndexerStatus,
     LookupRequested,
@@ -42,7 +48,7 @@ from imgsim_core.contracts import (
     StatusRequested,
     VectorSearchRequested,
 )
-from imgsim_core.images import ImageError, decode_rgb, decoded_pixels, inspect_image
+from imgsim_core.images import ImageError, check_crop, decode_rgb, decoded_pixels, inspect_image
 from imgsim_core.kafka import Outage, encode_metadata, now_ms, produced_headers, send_acked
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.topics import Header
@@ -75,6 +81,7 @@ _CLIENT_ERRORS: dict[str, type[GatewayError]] = {
     "corrupt_image": InvalidImageError,
     "unsupported_format": InvalidImageError,
     "too_many_pixels": InvalidImageError,
+    "bad_crop": InvalidImageError,
     "bad_request": BadRequestError,
     "not_found": NotFoundError,
 }
@@ -114,20 +121,52 @@ class Written:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """What a search looks for: image bytes, a text, or an indexed image's id."""
+    """What a search looks for: image bytes (a region of them with ``crop``), a text, an
+    indexed image's id, or examples (``positive``, ``negative``; images as base64)."""
 
     image: bytes | None = None
     text: str | None = None
     like_image_id: str | None = None
+    crop: Crop | None = None
+    positive: tuple[Example, ...] = ()
+    negative: tuple[Example, ...] = ()
 
     @property
     def cache_subject(self) -> bytes | None:
-        """Bytes that identify the embedding of this query (None for search by id)."""
+        """Bytes that identify this query's embedding (examples: their combination;
+        None for search by id)."""
         if self.image is not None:
-            return b"image:" + self.image
+            box = b"" if self.crop is None else self.crop.model_dump_json().encode()
+            return b"image:" + box + b":" + self.image
         if self.text is not None:
             return b"text:" + self.text.encode()
+        if self.positive:
+            return (
+                b"examples:"
+                + json.dumps(
+                    [
+                        [_example_key(e) for e in self.positive],
+                        [_example_key(e) for e in self.negative],
+                    ]
+                ).encode()
+            )
         return None
+
+    @property
+    def needs_embedding(self) -> bool:
+        """Whether the embedder has work in it (an id or a cached vector does not)."""
+        if self.positive:
+            return any(e.image is not None or e.text is not None
+                       for e in (*self.positive, *self.negative))  # fmt: skip
+        return self.like_image_id is None
+
+
+def _example_key(example: Example) -> dict[str, object]:
+    """An example as it counts for the cache: an image by the hash of its base64."""
+    key = example.model_dump(exclude_none=True)
+    if example.image is not None:
+        key["image"] = hashlib.sha256(example.image.encode()).hexdigest()
+    return key
 
 
 class PixelBudget:
@@ -196,7 +235,7 @@ class Pipeline:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def validate_image(self, data: bytes) -> str:
+    async def validate_image(self, data: bytes, crop: Crop | None = None) -> str:
         """Check the bytes fully and return their MIME type; raise a client error otherwise.
 
         The header check (format, size, pixel count) comes first and is cheap; then the
@@ -206,6 +245,8 @@ class Pipeline:
         limits = self.settings.limits
         try:
             info = inspect_image(data, limits)
+            if crop is not None:
+                check_crop(info, crop.box())
             async with self.decoding.hold(decoded_pixels(info)):
                 await asyncio.to_thread(decode_rgb, data, limits)
         except ImageError as exc:
@@ -281,9 +322,14 @@ class Pipeline:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def lookup(self, image_id: str, *, timeout_s: float | None = None) -> ImageRecord:
+    async def lookup(
+        self, image_id: str, *, timeout_s: float | None = None, include_vector: bool = False
+    ) -> ImageRecord:
         timeout = timeout_s or self.settings.status_timeout_s
-        request = LookupRequested(image_id=image_id, deadline_ms=now_ms() + int(timeout * 1000))
+        request = LookupRequested(
+            image_id=image_id, include_vector=include_vector,
+            deadline_ms=now_ms() + int(timeout * 1000),
+        )  # fmt: skip
         record = await self._ask(self.topics.lookups, request, timeout, ImageRecord)
         if record.error is not None:
             raise UpstreamError(record.error)
@@ -324,25 +370,27 @@ class Pipeline:
         if cached.hits is not None:  # these exact bytes were validated when it was stored
             return cached.hits, True
         if query.image is not None:
-            await self.validate_image(query.image)
+            await self.validate_image(query.image, query.crop)
+        for example in (*query.positive, *query.negative):
+            if example.image is not None:
+                await self.validate_image(decode_base64(example.image), example.crop)
         model_id = await self.model_id()
         timeout = self.settings.search_timeout_s
         deadline = now_ms() + int(timeout * 1000)
         vector = await self.cache.get_embedding(query.cache_subject, model_id)
         request: BaseModel
-        if query.like_image_id is not None or vector is not None:
+        examples = {"positive": list(query.positive), "negative": list(query.negative)}
+        if vector is not None or not query.needs_embedding:
             request = VectorSearchRequested(
                 vector=vector, like_image_id=query.like_image_id, model_id=model_id,
-                deadline_ms=deadline, **params,
+                deadline_ms=deadline, **(examples if vector is None else {}), **params,
             )  # fmt: skip
             topic = self.topics.searches
         else:
             request = SearchRequested(
                 image=base64.b64encode(query.image).decode("ascii") if query.image else None,
-                text=query.text,
-                deadline_ms=deadline,
-                **params,
-            )
+                text=query.text, crop=query.crop, deadline_ms=deadline, **examples, **params,
+            )  # fmt: skip
             topic = self.topics.queries
         answer = await self._ask(topic, request, timeout, SearchReplied)
         if answer.error is not None:
@@ -356,6 +404,24 @@ class Pipeline:
             query.cache_subject, query.like_image_id, params, answer.hits, cached.generation
         )
         return answer.hits, False
+
+    async def duplicates(self, request: DuplicatesRequested) -> DuplicatesReplied:
+        """A page of duplicate groups (``request.deadline_ms`` is replaced)."""
+        timeout = self.settings.search_timeout_s * 3  # a page runs a search for each image
+        deadline = now_ms() + int(timeout * 1000)
+        asked = request.model_copy(update={"deadline_ms": deadline})
+        answer = await self._ask(self.topics.duplicates, asked, timeout, DuplicatesReplied)
+        if answer.error is not None:
+            code = answer.error_code or "duplicates_failed"
+            raise _CLIENT_ERRORS.get(code, UpstreamError)(answer.error, code=code)
+        return answer
+
+    async def same_content(self, data: bytes) -> list[str]:
+        """Ids of the indexed images with exactly these bytes."""
+        digest = hashlib.sha256(data).hexdigest()
+        request = DuplicatesRequested(content_sha256=digest, max_group=50, deadline_ms=0)
+        answer = await self.duplicates(request)
+        return [i for g in answer.groups for i in (g.image_id, *(m.image_id for m in g.members))]
 
     async def kafka_ok(self) -> bool:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 import uuid
@@ -18,7 +19,14 @@ from redis.exceptions import RedisError
 from starlette.convertors import PathConvertor, register_url_convertor
 
 from imgsim_core import __version__
-from imgsim_core.contracts import FiniteMetadata, ReindexStatus, SearchHit
+from imgsim_core.contracts import (
+    DuplicatesRequested,
+    Example,
+    FiniteMetadata,
+    ReindexStatus,
+    SearchHit,
+    unpack_vector,
+)
 from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
 from imgsim_gateway.content import MAX_THUMBNAIL, ContentGoneError, ContentReader, etag
 from imgsim_gateway.errors import BadRequestError, GatewayError, NotFoundError, UpstreamError
@@ -30,12 +38,16 @@ from imgsim_gateway.schemas import (
     BatchIndexResponse,
     BatchItemResult,
     DeleteAccepted,
+    DuplicatesRequest,
+    DuplicatesResponse,
     ErrorBody,
     ErrorDetail,
     Health,
     ImageInfo,
     IndexAccepted,
     IndexRequest,
+    MultiSearchRequest,
+    QueryExample,
     Readiness,
     ReindexRequest,
     SearchOptions,
@@ -84,6 +96,10 @@ Wait = Annotated[
     bool, Query(description="Answer only once the change is searchable (or gone); 504 after "
                 "a bound, and the write still happens.")
 ]  # fmt: skip
+CheckDuplicates = Annotated[
+    bool, Query(description="Say in duplicate_of which indexed images have exactly these "
+                "bytes (one more request to the indexer).")
+]  # fmt: skip
 
 
 class _AnyPath(PathConvertor):
@@ -103,15 +119,25 @@ ImageIdPath = Annotated[
 
 
 async def _index(pipe: Pipeline, image_id: str, data: bytes, metadata: dict[str, JsonValue],
-                 wait: bool) -> IndexAccepted:  # fmt: skip
+                 wait: bool, check_duplicates: bool = False) -> IndexAccepted:  # fmt: skip
     started = time.perf_counter()
-    written = await pipe.submit_image(image_id, data, metadata)
-    if wait:
-        await pipe.wait_visible(written, deleted=False)
+    # Asked before the write is indexed, so the image's own earlier upload of the same
+    # bytes (a retry) is the one id left out.
+    same = asyncio.create_task(pipe.same_content(data)) if check_duplicates else None
+    try:
+        written = await pipe.submit_image(image_id, data, metadata)
+        if wait:
+            await pipe.wait_visible(written, deleted=False)
+        duplicate_of = None if same is None else [i for i in await same if i != image_id]
+    finally:
+        if same is not None and not same.done():
+            same.cancel()
+    message = f"image {image_id!r} " + ("is searchable" if wait else "is queued for indexing")
+    if duplicate_of:
+        message += "; already present as " + ", ".join(repr(i) for i in duplicate_of[:3])
     return IndexAccepted(
-        image_id=image_id, status="indexed" if wait else "accepted",
-        message=f"image {image_id!r} " + ("is searchable" if wait else "is queued for indexing"),
-        processing_time_ms=_ms_since(started),
+        image_id=image_id, status="indexed" if wait else "accepted", message=message,
+        processing_time_ms=_ms_since(started), duplicate_of=duplicate_of,
     )  # fmt: skip
 
 
@@ -123,9 +149,15 @@ def _ms_since(started: float) -> float:
     "/index", status_code=http.HTTP_202_ACCEPTED, response_model=IndexAccepted,
     responses=_errors(400, 413, 422, 503, 504), summary="Index an image (base64 JSON)",
 )  # fmt: skip
-async def index_image(body: IndexRequest, pipe: PipelineDep, wait: Wait = False) -> IndexAccepted:
+async def index_image(
+    body: IndexRequest,
+    pipe: PipelineDep,
+    wait: Wait = False,
+    check_duplicates: CheckDuplicates = False,
+) -> IndexAccepted:
     """Queue the image; it is durable in Kafka when this answers. The same id replaces it."""
-    return await _index(pipe, body.image_id, decode_base64(body.image_data), body.metadata, wait)
+    data = decode_base64(body.image_data)
+    return await _index(pipe, body.image_id, data, body.metadata, wait, check_duplicates)
 
 
 @router.post(
@@ -142,6 +174,7 @@ async def upload_image(
     ],
     metadata: Annotated[str, Form(description="A JSON object, as text.")] = "{}",
     wait: Wait = False,
+    check_duplicates: CheckDuplicates = False,
 ) -> IndexAccepted:
     try:
         parsed = _METADATA.validate_json(metadata)
@@ -150,7 +183,7 @@ async def upload_image(
             "metadata must be a JSON object without NaN or Infinity", code="invalid_metadata"
         ) from exc
     data = await file.read(pipe.settings.limits.max_bytes + 1)
-    return await _index(pipe, image_id, data, parsed, wait)
+    return await _index(pipe, image_id, data, parsed, wait, check_duplicates)
 
 
 @router.post(
@@ -238,13 +271,18 @@ async def image_content(
     "/images/{image_id:imageid}", response_model=ImageInfo, responses=_errors(404, 503, 504),
     summary="Whether an image is indexed, with its metadata",
 )  # fmt: skip
-async def get_image(image_id: ImageIdPath, pipe: PipelineDep) -> ImageInfo:
-    record = await pipe.lookup(image_id)
+async def get_image(
+    image_id: ImageIdPath,
+    pipe: PipelineDep,
+    include_vector: Annotated[bool, Query(description="With its embedding.")] = False,
+) -> ImageInfo:
+    record = await pipe.lookup(image_id, include_vector=include_vector)
     if not record.found:
         raise NotFoundError(f"image {image_id!r} is not indexed")
     return ImageInfo(
         image_id=image_id, indexed=True, model_id=record.model_id,
         metadata=record.metadata or {}, indexed_at=record.indexed_at,
+        content_sha256=record.content_sha256, vector=_floats(record.vector),
     )  # fmt: skip
 
 
@@ -272,7 +310,13 @@ async def _search(pipe: Pipeline, query: SearchQuery, options: SearchOptions) ->
 
 
 def _result(hit: SearchHit) -> SearchResult:
-    return SearchResult(image_id=hit.image_id, score=hit.score, metadata=hit.metadata)
+    return SearchResult(
+        image_id=hit.image_id, score=hit.score, metadata=hit.metadata, vector=_floats(hit.vector)
+    )
+
+
+def _floats(packed: str | None) -> list[float] | None:
+    return None if packed is None else [round(float(x), 7) for x in unpack_vector(packed)]
 
 
 def _options(body: SearchOptions) -> SearchOptions:
@@ -285,8 +329,50 @@ def _options(body: SearchOptions) -> SearchOptions:
 )  # fmt: skip
 async def search(body: SearchRequest, pipe: PipelineDep) -> SearchResponse:
     """The indexed images most similar to the query image, best first."""
-    query = SearchQuery(image=decode_base64(body.image_data))
+    query = SearchQuery(image=decode_base64(body.image_data), crop=body.crop)
     return await _search(pipe, query, _options(body))
+
+
+def _example(example: QueryExample) -> Example:
+    # The base64 is checked here, so a bad one is a 400 with the gateway's own message.
+    image = None if example.image_data is None else decode_base64(example.image_data)
+    return Example(
+        image=None if image is None else base64.b64encode(image).decode("ascii"),
+        image_id=example.image_id, text=example.text, weight=example.weight, crop=example.crop,
+    )  # fmt: skip
+
+
+@router.post(
+    "/search/multi", response_model=SearchResponse, responses=_errors(400, 404, 413, 422, 503, 504),
+    summary="Search by several examples: images, ids and texts, positive and negative, weighted",
+)  # fmt: skip
+async def search_multi(body: MultiSearchRequest, pipe: PipelineDep) -> SearchResponse:
+    """As Qdrant's recommend API ("average_vector"): with the weighted means P of the
+    positive and N of the negative examples' embeddings, the query is P + (P − N),
+    normalised. Images named by id are left out of the results."""
+    query = SearchQuery(
+        positive=tuple(_example(e) for e in body.positive),
+        negative=tuple(_example(e) for e in body.negative),
+    )
+    return await _search(pipe, query, _options(body))
+
+
+@router.post(
+    "/duplicates", response_model=DuplicatesResponse, responses=_errors(400, 422, 503, 504),
+    summary="Groups of duplicate images: exact copies, and near copies above a threshold",
+)  # fmt: skip
+async def duplicates(body: DuplicatesRequest, pipe: PipelineDep) -> DuplicatesResponse:
+    """A page of groups over the collection (or the images ``filter`` selects), scanned in
+    a fixed order; follow ``next_cursor`` until it is null. Each pair of duplicates is in
+    some group, at the group's first image; a group wholly inside an earlier one is left
+    out. A page scans at most 512 images, so it may hold fewer than ``limit`` groups and
+    still have a ``next_cursor``."""
+    started = time.perf_counter()
+    answer = await pipe.duplicates(DuplicatesRequested(**body.model_dump(), deadline_ms=0))
+    return DuplicatesResponse.model_validate(
+        {**answer.model_dump(include={"groups", "next_cursor", "scanned"}),
+         "took_ms": _ms_since(started)}
+    )  # fmt: skip
 
 
 @router.post(

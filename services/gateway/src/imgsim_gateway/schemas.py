@@ -10,9 +10,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from imgsim_core.contracts import Filter, FiniteMetadata, Metadata, QueryText, Threshold, TopK
+from imgsim_core.contracts import (
+    MAX_EXAMPLES,
+    POINT_ID_PATTERN,
+    Crop,
+    Filter,
+    FiniteMetadata,
+    Metadata,
+    QueryText,
+    Threshold,
+    TopK,
+    Weight,
+)
 from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
 
 ImageId = Annotated[
@@ -62,6 +73,11 @@ class IndexAccepted(BaseModel):
     success: bool = Field(default=True, description="The seed's field: always true on 202.")
     message: str = Field(default="", description="The seed's field: what happened, in words.")
     processing_time_ms: float = Field(default=0.0, description="The seed's field: time taken.")
+    duplicate_of: list[str] | None = Field(
+        default=None, examples=[["products/sku-0042.jpg"]],
+        description="With check_duplicates=true: the indexed images with exactly these bytes "
+        "(the image itself left out; an empty list: none).",
+    )  # fmt: skip
 
 
 class BatchIndexRequest(_Body):
@@ -108,6 +124,9 @@ class SearchOptions(_Body):
     top_k: TopK = 10
     threshold: Threshold | None = Field(default=None, examples=[0.7])
     include_metadata: bool = True
+    include_vectors: bool = Field(
+        default=False, description="Each result with its embedding (L2-normalised floats)."
+    )
     filter: Filter = Field(
         default=None,
         description="Metadata conditions that must all hold. A value matches exactly (on a "
@@ -119,6 +138,38 @@ class SearchOptions(_Body):
 
 class SearchRequest(SearchOptions):
     image_data: str = Field(description="The query image, base64-encoded.", examples=[_B64_EXAMPLE])
+    crop: Crop | None = Field(
+        default=None, description="Search with this region of the image (its pixels)."
+    )
+
+
+class QueryExample(_Body):
+    """One example: exactly one of ``image_data``, ``image_id`` and ``text``."""
+
+    image_data: str | None = Field(default=None, description="An image, base64-encoded.")
+    image_id: ImageId | None = None
+    text: QueryText | None = None
+    weight: Weight = 1.0
+    crop: Crop | None = Field(default=None, description="With image_data: a region of it.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> QueryExample:
+        if sum(v is not None for v in (self.image_data, self.image_id, self.text)) != 1:
+            raise ValueError("an example has exactly one of image_data, image_id and text")
+        if self.crop is not None and self.image_data is None:
+            raise ValueError("crop goes with image_data only")
+        return self
+
+
+class MultiSearchRequest(SearchOptions):
+    positive: list[QueryExample] = Field(
+        min_length=1, max_length=MAX_EXAMPLES, description="What the results should be like.",
+        examples=[[{"image_id": "cats/1.jpg"}, {"text": "a cat on a sofa", "weight": 0.5}]],
+    )  # fmt: skip
+    negative: list[QueryExample] = Field(
+        default_factory=list, max_length=MAX_EXAMPLES,
+        description="What they should not be like.", examples=[[{"text": "a dog"}]],
+    )  # fmt: skip
 
 
 class TextSearchRequest(SearchOptions):
@@ -133,6 +184,41 @@ class SearchResult(BaseModel):
     image_id: str
     score: float = Field(description="Cosine similarity, higher is closer.")
     metadata: Metadata | None = None
+    vector: list[float] | None = Field(default=None, description="With include_vectors.")
+
+
+class DuplicatesRequest(_Body):
+    threshold: Threshold | None = Field(
+        default=None, examples=[0.95],
+        description="Also group images at least this similar (cosine); unset: exact copies "
+        "(the same bytes) only.",
+    )  # fmt: skip
+    filter: Filter = Field(default=None, description="Only images whose metadata matches.")
+    limit: int = Field(default=20, ge=1, le=50, description="Groups on this page, 1-50.")
+    max_group: int = Field(default=20, ge=1, le=50, description="Members of a group, 1-50.")
+    cursor: str | None = Field(
+        default=None, pattern=POINT_ID_PATTERN, description="next_cursor of the previous page."
+    )
+
+
+class DuplicateMember(BaseModel):
+    image_id: str
+    score: float = Field(description="Cosine similarity to the group's first image.")
+    exact: bool = Field(description="The same bytes as the group's first image.")
+
+
+class DuplicateGroup(BaseModel):
+    image_id: str = Field(description="The group's first image (in scan order).")
+    members: list[DuplicateMember]
+    truncated: bool = Field(description="The group has more than max_group members.")
+
+
+class DuplicatesResponse(BaseModel):
+    groups: list[DuplicateGroup]
+    next_cursor: str | None = Field(description="Pass it as cursor for the next page; "
+                                    "null: the scan is complete.")  # fmt: skip
+    scanned: int = Field(description="Images this page looked at.")
+    took_ms: float
 
 
 class SearchResponse(BaseModel):
@@ -150,6 +236,8 @@ class ImageInfo(BaseModel):
     model_id: str | None
     metadata: Metadata
     indexed_at: datetime | None
+    content_sha256: str | None = Field(default=None, description="SHA-256 of its bytes.")
+    vector: list[float] | None = Field(default=None, description="With include_vector=true.")
 
 
 class Health(BaseModel):

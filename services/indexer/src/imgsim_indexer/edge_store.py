@@ -19,7 +19,8 @@ Decisions:
 - Qdrant Edge raises plain ``Exception``; :meth:`EdgeStore._call` is the one place that
   turns those into :class:`~imgsim_indexer.errors.StoreError`.
 - Payload indexes: ``open`` runs ``UpdateOperation.create_field_index("metadata.<key>",
-  PayloadSchemaType.…)`` for each configured key whose index is missing from
+  PayloadSchemaType.…)`` for each configured key (and a keyword index on
+  ``content_sha256``, for exact duplicates) whose index is missing from
   ``shard.info().payload_schema`` or has another type (indexes persist in the shard).
 - Filters render :mod:`imgsim_indexer.filters` clauses as ``qe.Filter(must=[...])`` of
   ``FieldCondition`` (``MatchValue`` / ``MatchAny`` / ``RangeFloat``), nested
@@ -46,16 +47,20 @@ import qdrant_edge as qe
 
 from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
-from imgsim_indexer.errors import StoreConfigError, StoreError, StoreNotOpenError
+from imgsim_indexer.errors import RequestError, StoreConfigError, StoreError, StoreNotOpenError
 from imgsim_indexer.filters import Between, Clause, Match, MatchAny, clauses, metadata_path
 from imgsim_indexer.store import (
+    CONTENT_SHA256,
     IMAGE_ID,
+    SCAN_FIELDS,
     Hit,
     PayloadIndexes,
     Point,
+    Scanned,
     StoredImage,
     collection_version,
     hit_from_payload,
+    scanned,
     stored_from_payload,
     to_payload,
 )
@@ -145,19 +150,46 @@ class EdgeStore:
         with_metadata: bool,
         filter: Mapping[str, Condition] | None = None,
         exclude: Sequence[str] = (),
+        with_vectors: bool = False,
     ) -> list[Hit]:
         request = qe.QueryRequest(
             limit=top_k,
             query=qe.Query.Nearest(_floats(vector)),
             with_payload=True if with_metadata else qe.PayloadSelector.Include([IMAGE_ID]),
-            with_vector=False,
+            with_vector=with_vectors,
             filter=_filter(filter, exclude),
             score_threshold=threshold,
         )
         found = await self._call(lambda: self._opened().query(request))
         return [
-            hit_from_payload(p.payload or {}, p.score, with_metadata=with_metadata) for p in found
+            hit_from_payload(p.payload or {}, p.score, with_metadata=with_metadata, vector=p.vector)
+            for p in found
         ]
+
+    async def scan(
+        self, *, cursor: str | None, limit: int, filter: Mapping[str, Condition] | None = None
+    ) -> tuple[list[Scanned], str | None]:
+        def scroll() -> tuple[list[qe.Record], qe.PointId | None]:
+            # Built in the call, so a bad cursor is a StoreError like any other.
+            return self._opened().scroll(qe.ScrollRequest(
+                offset=cursor, limit=limit, filter=_filter(filter, ()),
+                with_payload=qe.PayloadSelector.Include(SCAN_FIELDS), with_vector=True,
+            ))  # fmt: skip
+
+        records, after = await self._call(scroll)
+        found = [scanned(r.id, r.payload, r.vector) for r in records]
+        return found, None if after is None else str(after)
+
+    async def same_content(
+        self, content_sha256: str, *, limit: int, filter: Mapping[str, Condition] | None = None
+    ) -> list[str]:
+        same = Match(CONTENT_SHA256, content_sha256)
+        request = qe.ScrollRequest(
+            limit=limit, filter=_filter(filter, (), same),
+            with_payload=qe.PayloadSelector.Include([IMAGE_ID]), with_vector=False,
+        )  # fmt: skip
+        records, _ = await self._call(lambda: self._opened().scroll(request))
+        return [(r.payload or {})[IMAGE_ID] for r in records]
 
     async def count(self) -> int:
         return await self._call(lambda: self._opened().count(qe.CountRequest(exact=True)))
@@ -192,7 +224,7 @@ class EdgeStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
-        except StoreError:
+        except (StoreError, RequestError):  # ours already (a bad filter is a RequestError)
             raise
         except Exception as exc:  # qdrant_edge raises plain Exception
             raise StoreError(f"qdrant-edge: {exc}") from exc
@@ -254,8 +286,9 @@ class EdgeStore:
 
     def _ensure_payload_indexes(self, shard: qe.EdgeShard) -> None:
         existing = {name: info.data_type for name, info in shard.info().payload_schema.items()}
-        for key, kind in self.payload_indexes.items():
-            path, schema = metadata_path(key), SCHEMA_TYPES[kind]
+        wanted = {metadata_path(key): kind for key, kind in self.payload_indexes.items()}
+        for path, kind in {**wanted, CONTENT_SHA256: "keyword"}.items():
+            schema = SCHEMA_TYPES[kind]
             if existing.get(path) != schema:
                 shard.update(qe.UpdateOperation.create_field_index(path, schema))
                 log.info("created qdrant-edge payload index %s (%s)", path, kind)
@@ -272,8 +305,10 @@ class EdgeStore:
             shard.close()
 
 
-def _filter(conditions: Mapping[str, Condition] | None, exclude: Sequence[str]) -> qe.Filter | None:
-    must = [_condition(c) for c in clauses(conditions)]
+def _filter(
+    conditions: Mapping[str, Condition] | None, exclude: Sequence[str], *also: Clause
+) -> qe.Filter | None:
+    must = [_condition(c) for c in (*clauses(conditions), *also)]
     must_not: list[qe.ConditionType] = (
         [qe.HasIdCondition({point_id(i) for i in exclude})] if exclude else []
     )

@@ -12,8 +12,11 @@
   malformed request gets an error reply (``bad_request``) instead of leaving the asker
   waiting for its timeout. A request past its deadline is dropped by raising
   ``AckMessage``, the one way to end a handler without FastStream publishing a reply.
-- A search has exactly one of ``vector`` and ``like_image_id``; a search by id uses the
-  stored vector of that image and leaves the image itself out of the hits.
+- A search has exactly one of ``vector``, ``like_image_id`` and ``positive`` examples; a
+  search by id uses the stored vector of that image and leaves the image itself out of
+  the hits; examples (vectors, or ids whose stored vectors are read) are combined by
+  :func:`combine` and the images they name are left out.
+- ``duplicates`` answers :class:`DuplicatesRequested` (:mod:`imgsim_indexer.duplicates`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from faststream import AckPolicy
 from faststream.exceptions import AckMessage
@@ -35,6 +39,9 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from imgsim_core.contracts import (
+    DuplicatesReplied,
+    DuplicatesRequested,
+    Example,
     ImageRecord,
     IndexerStatus,
     LookupRequested,
@@ -45,16 +52,18 @@ from imgsim_core.contracts import (
     StatusRequested,
     Vector,
     VectorSearchRequested,
+    pack_vector,
     unpack_vector,
 )
 from imgsim_core.kafka import now_ms, past_deadline, produce_all, safe_batch_parser
 from imgsim_core.tracing import batch_step
 from imgsim_indexer.cache import bump_generation, generation_key
+from imgsim_indexer.duplicates import find_duplicates
 from imgsim_indexer.errors import NotStartedError, RequestError, StoreError
 from imgsim_indexer.operations import plan_batch
 from imgsim_indexer.reindex import Reindexer
 from imgsim_indexer.settings import IndexerSettings
-from imgsim_indexer.store import VectorStore
+from imgsim_indexer.store import Hit, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +77,9 @@ UPSERT_SECONDS = Histogram(
 )
 SEARCHES = Counter("imgsim_indexer_searches", "Vector searches answered, by outcome.", ["outcome"])
 LOOKUPS = Counter("imgsim_indexer_lookups", "Image lookups answered, by outcome.", ["outcome"])
+DUPLICATE_PAGES = Counter(
+    "imgsim_indexer_duplicate_pages", "Duplicate pages answered, by outcome.", ["outcome"]
+)
 
 
 @dataclass(slots=True)
@@ -102,6 +114,28 @@ class IndexerState:
         if self.deadletter_producer is None:
             raise NotStartedError("the dead-letter producer is not started")
         return self.deadletter_producer
+
+
+def combine(positive: Sequence[tuple[Vector, float]], negative: Sequence[tuple[Vector, float]]
+            ) -> Vector:  # fmt: skip
+    """Qdrant's recommend "average_vector": weighted means P and N, query P + (P − N)."""
+    mean_p = _weighted_mean(positive)
+    query = mean_p if not negative else 2 * mean_p - _weighted_mean(negative)
+    norm = float(np.linalg.norm(query))
+    if not np.isfinite(norm) or norm < 1e-6:
+        raise RequestError("bad_request", "the examples cancel out: no direction is left")
+    return (query / norm).astype(np.float32)
+
+
+def _weighted_mean(examples: Sequence[tuple[Vector, float]]) -> Vector:
+    total = sum(weight for _, weight in examples)
+    mean: Vector = np.sum([vector * weight for vector, weight in examples], axis=0) / total
+    return mean
+
+
+def _hit(hit: Hit) -> SearchHit:
+    vector = None if hit.vector is None else pack_vector(hit.vector)
+    return SearchHit(image_id=hit.image_id, score=hit.score, metadata=hit.metadata, vector=vector)
 
 
 def invalid(exc: ValidationError) -> str:
@@ -192,19 +226,9 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             len(plan.dead_letters),
         )
 
-    async def query_vector(
-        request: VectorSearchRequested, store: VectorStore
-    ) -> tuple[Vector, tuple[str, ...]]:
-        """The vector to search with, and the image ids to leave out."""
-        if (request.vector is None) == (request.like_image_id is None):
-            raise RequestError("bad_request", "give exactly one of vector and like_image_id")
-        if request.like_image_id is not None:
-            stored = await store.get_vector(request.like_image_id)
-            if stored is None:
-                raise RequestError("not_found", f"image {request.like_image_id} is not indexed")
-            return stored, (request.like_image_id,)
+    def checked(packed: str) -> Vector:
         try:
-            vector = unpack_vector(request.vector or "")
+            vector = unpack_vector(packed)
         except ValueError as exc:
             raise RequestError("bad_vector", "the vector is not base64 of float32") from exc
         if vector.shape != (settings.dim,):
@@ -212,7 +236,40 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
                 "wrong_dim",
                 f"the vector has dim {vector.size}, the index holds dim {settings.dim}",
             )
-        return vector, ()
+        return vector
+
+    async def stored_vector(image_id: str, store: VectorStore) -> Vector:
+        stored = await store.get_vector(image_id)
+        if stored is None:
+            raise RequestError("not_found", f"image {image_id} is not indexed")
+        return stored
+
+    async def example_vector(example: Example, store: VectorStore) -> tuple[Vector, float]:
+        if example.vector is not None:
+            return checked(example.vector), example.weight
+        if example.image_id is not None:
+            return await stored_vector(example.image_id, store), example.weight
+        raise RequestError("bad_request", "an example reaches the indexer as a vector or an id")
+
+    async def query_vector(
+        request: VectorSearchRequested, store: VectorStore
+    ) -> tuple[Vector, tuple[str, ...]]:
+        """The vector to search with, and the image ids to leave out."""
+        given = (request.vector, request.like_image_id, request.positive or None)
+        if sum(part is not None for part in given) != 1:
+            raise RequestError(
+                "bad_request", "give exactly one of vector, like_image_id and positive examples"
+            )
+        if request.negative and not request.positive:
+            raise RequestError("bad_request", "negative examples need positive ones")
+        if request.like_image_id is not None:
+            return await stored_vector(request.like_image_id, store), (request.like_image_id,)
+        if request.positive:
+            positive = [await example_vector(e, store) for e in request.positive]
+            negative = [await example_vector(e, store) for e in request.negative]
+            named = (*request.positive, *request.negative)
+            return combine(positive, negative), tuple(e.image_id for e in named if e.image_id)
+        return checked(request.vector or ""), ()
 
     @responder(
         topics.searches, "search", "VectorSearchRequested JSON → SearchReplied (to reply_to)."
@@ -249,6 +306,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
                 with_metadata=request.include_metadata,
                 filter=request.filter,
                 exclude=exclude,
+                with_vectors=request.include_vectors,
             )
         except RequestError as exc:
             SEARCHES.labels(exc.code).inc()
@@ -259,7 +317,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             return SearchReplied(error=str(exc), error_code="store_error")
         SEARCHES.labels("ok").inc()
         return SearchReplied(
-            hits=[SearchHit(image_id=h.image_id, score=h.score, metadata=h.metadata) for h in hits],
+            hits=[_hit(h) for h in hits],
             # Echoed so the gateway can cache the embedding the embedder computed.
             query_vector=request.vector,
             model_id=request.model_id if request.vector is not None else None,
@@ -280,6 +338,11 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             raise AckMessage()
         try:
             stored = await state.store.get(request.image_id)
+            vector = (
+                await state.store.get_vector(request.image_id)
+                if stored is not None and request.include_vector
+                else None
+            )
         except StoreError as exc:
             log.warning("lookup failed: %s", exc)
             LOOKUPS.labels("store_error").inc()
@@ -295,7 +358,34 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             indexed_at=stored.indexed_at,
             source_partition=stored.source_partition,
             source_offset=stored.source_offset,
+            content_sha256=stored.content_sha256,
+            vector=None if vector is None else pack_vector(vector),
         )
+
+    @responder(topics.duplicates, "duplicates", "DuplicatesRequested JSON → DuplicatesReplied.")
+    async def duplicates(message: KafkaMessage) -> DuplicatesReplied:
+        if past_deadline(message.headers):
+            DUPLICATE_PAGES.labels("expired").inc()
+            raise AckMessage()
+        try:
+            request = DuplicatesRequested.model_validate_json(message.body)
+        except ValidationError as exc:
+            DUPLICATE_PAGES.labels("bad_request").inc()
+            return DuplicatesReplied(error=invalid(exc), error_code="bad_request")
+        if request.deadline_ms < now_ms():
+            DUPLICATE_PAGES.labels("expired").inc()
+            raise AckMessage()
+        try:
+            reply = await find_duplicates(state.store, request)
+        except RequestError as exc:
+            DUPLICATE_PAGES.labels(exc.code).inc()
+            return DuplicatesReplied(error=exc.message, error_code=exc.code)
+        except StoreError as exc:
+            log.warning("duplicates failed: %s", exc)
+            DUPLICATE_PAGES.labels("store_error").inc()
+            return DuplicatesReplied(error=str(exc), error_code="store_error")
+        DUPLICATE_PAGES.labels("ok").inc()
+        return reply
 
     @responder(topics.status, "status", "StatusRequested JSON → IndexerStatus (to reply_to).")
     async def status(message: KafkaMessage) -> IndexerStatus:

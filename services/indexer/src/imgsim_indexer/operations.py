@@ -165,4 +165,5 @@ def _operation(
         indexed_at=now,
         source_partition=event.source_partition,
         source_offset=event.source_offset,
+        content_sha256=event.content_sha256,
     )

@@ -16,7 +16,8 @@ Decisions:
 - :meth:`ServerStore._errors` is the one place that turns qdrant-client's errors into
   :class:`~imgsim_indexer.errors.StoreError`.
 - Payload indexes: ``open`` calls ``create_payload_index(collection, "metadata.<key>",
-  field_schema=…, wait=True)`` for each configured key the collection's
+  field_schema=…, wait=True)`` for each configured key (and ``content_sha256``, keyword,
+  for exact duplicates) the collection's
   ``payload_schema`` lacks (or holds with another type). qdrant-client's local mode
   ignores payload indexes (it warns), filters still work there.
 - Filters render :mod:`imgsim_indexer.filters` clauses as ``models.Filter(must=[...])``
@@ -41,13 +42,17 @@ from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.errors import StoreConfigError, StoreError, StoreNotOpenError
 from imgsim_indexer.filters import Between, Clause, Match, MatchAny, clauses, metadata_path
 from imgsim_indexer.store import (
+    CONTENT_SHA256,
     IMAGE_ID,
+    SCAN_FIELDS,
     Hit,
     PayloadIndexes,
     Point,
+    Scanned,
     StoredImage,
     collection_version,
     hit_from_payload,
+    scanned,
     stored_from_payload,
     to_payload,
 )
@@ -201,8 +206,9 @@ class ServerStore:
 
     async def _ensure_payload_indexes(self, client: AsyncQdrantClient, real: str) -> None:
         existing = (await client.get_collection(real)).payload_schema
-        for key, kind in self.payload_indexes.items():
-            path, schema = metadata_path(key), SCHEMA_TYPES[kind]
+        wanted = {metadata_path(key): kind for key, kind in self.payload_indexes.items()}
+        for path, kind in {**wanted, CONTENT_SHA256: "keyword"}.items():
+            schema = SCHEMA_TYPES[kind]
             info = existing.get(path)
             if info is None or info.data_type != schema:
                 await client.create_payload_index(real, path, field_schema=schema, wait=True)
@@ -240,6 +246,7 @@ class ServerStore:
         with_metadata: bool,
         filter: Mapping[str, Condition] | None = None,
         exclude: Sequence[str] = (),
+        with_vectors: bool = False,
     ) -> list[Hit]:
         query_filter = _filter(filter, exclude)
         async with self._errors("search"):
@@ -250,12 +257,34 @@ class ServerStore:
                 limit=top_k,
                 score_threshold=threshold,
                 with_payload=True if with_metadata else [IMAGE_ID],
-                with_vectors=False,
+                with_vectors=with_vectors,
             )
         return [
-            hit_from_payload(p.payload or {}, p.score, with_metadata=with_metadata)
+            hit_from_payload(p.payload or {}, p.score, with_metadata=with_metadata, vector=p.vector)
             for p in response.points
         ]
+
+    async def scan(
+        self, *, cursor: str | None, limit: int, filter: Mapping[str, Condition] | None = None
+    ) -> tuple[list[Scanned], str | None]:
+        async with self._errors("scroll"):
+            records, after = await self._opened().scroll(
+                self._target, scroll_filter=_filter(filter, ()), limit=limit, offset=cursor,
+                with_payload=SCAN_FIELDS, with_vectors=True,
+            )  # fmt: skip
+        found = [scanned(r.id, r.payload, r.vector) for r in records]
+        return found, None if after is None else str(after)
+
+    async def same_content(
+        self, content_sha256: str, *, limit: int, filter: Mapping[str, Condition] | None = None
+    ) -> list[str]:
+        same = Match(CONTENT_SHA256, content_sha256)
+        async with self._errors("scroll"):
+            records, _ = await self._opened().scroll(
+                self._target, scroll_filter=_filter(filter, (), same), limit=limit,
+                with_payload=[IMAGE_ID], with_vectors=False,
+            )  # fmt: skip
+        return [(r.payload or {})[IMAGE_ID] for r in records]
 
     async def count(self) -> int:
         async with self._errors("count"):
@@ -312,9 +341,9 @@ class ServerStore:
 
 
 def _filter(
-    conditions: Mapping[str, Condition] | None, exclude: Sequence[str]
+    conditions: Mapping[str, Condition] | None, exclude: Sequence[str], *also: Clause
 ) -> models.Filter | None:
-    must = [_condition(c) for c in clauses(conditions)]
+    must = [_condition(c) for c in (*clauses(conditions), *also)]
     must_not: list[models.Condition] = (
         [models.HasIdCondition(has_id=[point_id(i) for i in exclude])] if exclude else []
     )

@@ -9,8 +9,9 @@ Decisions shared by both:
 - The point id is :func:`imgsim_core.contracts.point_id` (UUIDv5 of the image id), so a
   redelivered event overwrites, never duplicates.
 - The payload is ``{"image_id", "model_id", "metadata": {...}, "indexed_at": ISO-8601,
-  "source_partition", "source_offset"}`` (the images-topic record the vector came from,
-  so a writer can wait until its own write is indexed); a search always reads
+  "source_partition", "source_offset", "content_sha256"}`` (the images-topic record the
+  vector came from, so a writer can wait until its own write is indexed, and the SHA-256
+  of its bytes, keyword-indexed, for exact duplicates); a search always reads
   ``image_id`` (a UUIDv5 cannot be reversed) and reads the rest only when the caller
   wants metadata.
 - Searches take a metadata ``filter`` (see :mod:`imgsim_indexer.filters`) and image ids
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import numpy as np
+
 from imgsim_core.contracts import Condition, Metadata, Vector
 from imgsim_core.settings import QdrantSettings
 
@@ -46,15 +49,27 @@ class Point:
     indexed_at: datetime
     source_partition: int | None = None
     source_offset: int | None = None
+    content_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One search result; ``metadata`` is None when it was not asked for."""
+    """One search result; ``metadata`` and ``vector`` are None when not asked for."""
 
     image_id: str
     score: float
     metadata: Metadata | None
+    vector: Vector | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    """One point of a scan in point-id order: what a duplicates search needs of it."""
+
+    image_id: str
+    point_id: str
+    vector: Vector
+    content_sha256: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +82,7 @@ class StoredImage:
     indexed_at: datetime
     source_partition: int | None = None
     source_offset: int | None = None
+    content_sha256: str | None = None
 
 
 class VectorStore(Protocol):
@@ -96,6 +112,7 @@ class VectorStore(Protocol):
         with_metadata: bool,
         filter: Mapping[str, Condition] | None = None,
         exclude: Sequence[str] = (),
+        with_vectors: bool = False,
     ) -> list[Hit]:
         """The ``top_k`` nearest points by cosine score, best first, score ≥ ``threshold``.
 
@@ -103,6 +120,19 @@ class VectorStore(Protocol):
         image ids in ``exclude``. A filter value the store cannot compare raises
         :class:`~imgsim_indexer.errors.BadFilterError`.
         """
+
+    async def scan(
+        self, *, cursor: str | None, limit: int, filter: Mapping[str, Condition] | None = None
+    ) -> tuple[list[Scanned], str | None]:
+        """Up to ``limit`` points in point-id order from ``cursor`` (a point id, included),
+        with their vectors, and the cursor of the next page (None at the end)."""
+        ...
+
+    async def same_content(
+        self, content_sha256: str, *, limit: int, filter: Mapping[str, Condition] | None = None
+    ) -> list[str]:
+        """Ids of up to ``limit`` images whose bytes have this SHA-256."""
+        ...
 
     async def count(self) -> int: ...
 
@@ -139,6 +169,7 @@ METADATA = "metadata"
 INDEXED_AT = "indexed_at"
 SOURCE_PARTITION = "source_partition"
 SOURCE_OFFSET = "source_offset"
+CONTENT_SHA256 = "content_sha256"
 
 
 def collection_version(name: str) -> int:
@@ -155,6 +186,7 @@ def to_payload(point: Point) -> dict[str, Any]:
         INDEXED_AT: point.indexed_at.isoformat(),
         SOURCE_PARTITION: point.source_partition,
         SOURCE_OFFSET: point.source_offset,
+        CONTENT_SHA256: point.content_sha256,
     }
 
 
@@ -166,12 +198,29 @@ def stored_from_payload(payload: dict[str, Any]) -> StoredImage:
         indexed_at=datetime.fromisoformat(payload[INDEXED_AT]),
         source_partition=payload.get(SOURCE_PARTITION),
         source_offset=payload.get(SOURCE_OFFSET),
+        content_sha256=payload.get(CONTENT_SHA256),
     )
 
 
-def hit_from_payload(payload: dict[str, Any], score: float, *, with_metadata: bool) -> Hit:
+def hit_from_payload(
+    payload: dict[str, Any], score: float, *, with_metadata: bool, vector: Any = None
+) -> Hit:
     metadata = (payload.get(METADATA) or {}) if with_metadata else None
-    return Hit(image_id=payload[IMAGE_ID], score=float(score), metadata=metadata)
+    array = np.asarray(vector, dtype=np.float32) if isinstance(vector, list) else None
+    return Hit(image_id=payload[IMAGE_ID], score=float(score), metadata=metadata, vector=array)
+
+
+def scanned(point_id: Any, payload: dict[str, Any] | None, vector: Any) -> Scanned:
+    return Scanned(
+        image_id=(payload or {})[IMAGE_ID],
+        point_id=str(point_id),
+        vector=np.asarray(vector, dtype=np.float32),
+        content_sha256=(payload or {}).get(CONTENT_SHA256),
+    )
+
+
+# Payload fields a scan or a search reads besides the metadata.
+SCAN_FIELDS = [IMAGE_ID, CONTENT_SHA256]
 
 
 PayloadIndexes = Mapping[str, str]  # metadata key → "keyword" | "integer" | "float" | "bool"

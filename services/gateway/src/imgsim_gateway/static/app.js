@@ -280,14 +280,18 @@ async function indexFiles(named) {
   }
   const images = named.filter(([name]) => IMAGE_FILE.test(name) && !name.split("/").pop().startsWith("."));
   const skipped = named.length - images.length;
+  const notes = $("index-notes");
   errors.replaceChildren();
+  notes.replaceChildren();
   progress.max = Math.max(images.length, 1);
   progress.value = 0;
   let accepted = 0;
   let failed = 0;
+  let present = 0;
   const report = (done) => {
     const parts = [`${accepted} of ${images.length} accepted`];
     if (failed) parts.push(`${failed} refused`);
+    if (present) parts.push(`${present} already present under another id`);
     if (skipped) parts.push(`${skipped} skipped (not images)`);
     state.textContent = parts.join(", ") + (done ? ". Done." : "…");
   };
@@ -301,8 +305,14 @@ async function indexFiles(named) {
       form.append("image_id", name);
       form.append("metadata", JSON.stringify(metadata));
       try {
-        await api("/images", { form });
+        const answer = await (await api("/images?check_duplicates=true", { form })).json();
         accepted += 1;
+        if (answer.duplicate_of && answer.duplicate_of.length) {
+          present += 1;
+          const line = document.createElement("li");
+          line.textContent = `${name}: already present as ${answer.duplicate_of.join(", ")}`;
+          notes.append(line);
+        }
       } catch (error) {
         failed += 1;
         const line = document.createElement("li");
