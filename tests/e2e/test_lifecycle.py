@@ -498,6 +498,12 @@ async def test_exact_duplicates_are_reported_at_upload_and_in_groups(
     assert {first, copy} in [
         {g["image_id"], *(m["image_id"] for m in g["members"])} for g in near.json()["groups"]
     ]
+    batch = await client.post(
+        "/api/v1/index/batch?check_duplicates=true",
+        json={"items": [{"image_data": b64(data), "image_id": uid("dup/batch.png")}]},
+    )
+    assert batch.status_code == 202, batch.text
+    assert sorted(batch.json()["results"][0]["duplicate_of"]) == sorted([first, copy])
     bad = await client.post("/api/v1/duplicates", json={"limit": 0})
     assert bad.status_code == 422
 

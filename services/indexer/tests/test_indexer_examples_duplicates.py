@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
-from qdrant_client import AsyncQdrantClient
 from indexer_samples import DIM, MODEL, make_point, unit_vector
+from qdrant_client import AsyncQdrantClient
 
 from imgsim_core.contracts import (
     DuplicatesReplied,
@@ -37,6 +37,7 @@ from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import Point, VectorStore
 
 TOPICS = IndexerSettings().kafka.topics
+SHORT = pack_vector(np.ones(3, dtype=np.float32))  # not the index's dim
 
 
 def sha(text: str) -> str:
@@ -225,7 +226,7 @@ async def test_a_negative_example_pushes_its_kind_down(broker: KafkaBroker) -> N
             "bad_request",
             id="examples-and-a-vector",
         ),
-        pytest.param({"positive": [{"vector": pack_vector(np.ones(3, dtype=np.float32))}]}, "wrong_dim", id="dim"),
+        pytest.param({"positive": [{"vector": SHORT}]}, "wrong_dim", id="dim"),
     ],
 )
 async def test_bad_examples_get_error_replies(

@@ -191,21 +191,25 @@ async def upload_image(
     responses=_errors(413, 422, 503), summary="Index many images; a result per item",
 )  # fmt: skip
 async def index_batch(
-    body: BatchIndexRequest, pipe: PipelineDep, wait: Wait = False
+    body: BatchIndexRequest,
+    pipe: PipelineDep,
+    wait: Wait = False,
+    check_duplicates: CheckDuplicates = False,
 ) -> BatchIndexResponse:
     """Each item is validated and produced on its own: one bad item does not fail the others."""
 
     async def one(item: IndexRequest) -> BatchItemResult:
         try:
-            done = await _index(
-                pipe, item.image_id, decode_base64(item.image_data), item.metadata, wait
-            )
+            data = decode_base64(item.image_data)
+            done = await _index(pipe, item.image_id, data, item.metadata, wait, check_duplicates)
         except GatewayError as exc:
             return BatchItemResult(
                 image_id=item.image_id, status="rejected",
                 error=ErrorDetail(code=exc.code, message=exc.message),
             )  # fmt: skip
-        return BatchItemResult(image_id=item.image_id, status=done.status)
+        return BatchItemResult(
+            image_id=item.image_id, status=done.status, duplicate_of=done.duplicate_of
+        )
 
     results = await asyncio.gather(*(one(item) for item in body.items))
     rejected = sum(r.status == "rejected" for r in results)

@@ -97,6 +97,7 @@ class BatchItemResult(BaseModel):
     image_id: str
     status: Literal["accepted", "indexed", "rejected"]
     error: ErrorDetail | None = None
+    duplicate_of: list[str] | None = Field(default=None, description="As for one image.")
 
 
 class BatchIndexResponse(BaseModel):
