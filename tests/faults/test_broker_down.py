@@ -77,6 +77,11 @@ async def test_a_dead_broker_gets_prompt_503s_and_writes_resume_after_it(
             assert response.json()["error"]["code"] == "unavailable"
             assert response.headers["Retry-After"] == "5"
             assert took < PROMPT_S, f"{response.request.url} took {took:.1f} s"
+        ready, took = await timed(lambda: gateway.get("/api/v1/ready"))
+        assert ready.status_code == 503, ready.text  # out of service: nothing can be accepted
+        assert ready.json()["status"] == "not_ready"
+        assert ready.json()["checks"]["kafka"] == "down"
+        assert took < PROMPT_S, f"readiness took {took:.1f} s"
         failing = [r for r in caplog.records if "is failing" in r.getMessage()]
         assert len(failing) == 1, "the outage is logged once, not once per request"
 
@@ -87,6 +92,9 @@ async def test_a_dead_broker_gets_prompt_503s_and_writes_resume_after_it(
             if response.status_code == 202 or time.monotonic() > deadline:
                 break
         assert response.status_code == 202, response.text
+        ready = await gateway.get("/api/v1/ready")
+        assert ready.status_code == 200, ready.text  # back in service (no indexer: degraded)
+        assert ready.json()["checks"]["kafka"] == "up"
         assert any(
             "works again" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records
         )

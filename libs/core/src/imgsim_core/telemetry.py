@@ -4,20 +4,26 @@ Logs are JSON lines on stderr (python-json-logger) with the service name and, in
 span, its ``trace_id`` and ``span_id``; traces are exported as the standard ``OTEL_*``
 variables say (see :mod:`imgsim_core.tracing`); metrics are prometheus-client
 collectors, served on ``/metrics`` by the gateway and by a small HTTP endpoint in the
-workers.
+workers, which also answers their liveness on ``/healthz`` (see :mod:`imgsim_core.liveness`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry import trace
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from pythonjsonlogger.json import JsonFormatter
 
+from imgsim_core.liveness import Liveness
 from imgsim_core.tracing import configure_tracing
 
 # Logged once a service consumes; the local stack and the tests wait for it.
@@ -111,7 +117,37 @@ def configure_telemetry(
     configure_tracing(service, os.environ if environ is None else environ)
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Serve the default Prometheus registry on ``http://host:port/metrics`` (0 = off)."""
-    if port:
-        start_http_server(port, addr=host)
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds
+        pass
+
+
+def worker_endpoint(liveness: Liveness | None) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app of a worker's port: ``/healthz`` (liveness), anything else metrics."""
+    metrics = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/healthz" or liveness is None:
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        verdict = liveness.check()
+        body = json.dumps({"status": verdict.status}).encode()
+        code = "200 OK" if verdict.alive else "503 Service Unavailable"
+        start_response(code, [("Content-Type", "application/json")])
+        return [body]
+
+    return app
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1", liveness: Liveness | None = None) -> None:
+    """Serve the default Prometheus registry on ``http://host:port/metrics`` and the
+    worker's liveness on ``/healthz`` from a daemon thread (port 0 = off)."""
+    if not port:
+        return
+    server = make_server(
+        host, port, worker_endpoint(liveness), server_class=_Server, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="imgsim-metrics", daemon=True).start()

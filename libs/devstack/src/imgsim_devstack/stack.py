@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgsim_core.telemetry import READY_MESSAGE as READY_MARKER
 from imgsim_devstack.processes import KafkaBroker, RedisServer, ServiceProcess, free_port
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,13 @@ def start_services(config: StackConfig, bootstrap: str, redis_url: str) -> list[
     """
     logs = config.data_dir / "logs"
     env = service_env(config, bootstrap, redis_url)
-    gateway_health = f"http://127.0.0.1:{config.gateway_port}/api/v1/health"
+    # Ready: the gateway answers its health route, a worker's /healthz says its consumer
+    # loops run (503 "starting" until then).
+    health = {
+        "gateway": f"http://127.0.0.1:{config.gateway_port}/api/v1/health",
+        "indexer": f"http://127.0.0.1:{env['indexer']['INDEXER_METRICS_PORT']}/healthz",
+        "embedder": f"http://127.0.0.1:{env['embedder']['EMBEDDER_METRICS_PORT']}/healthz",
+    }
     started: list[ServiceProcess] = []
     try:
         for name in ("indexer", "embedder", "gateway"):
@@ -91,8 +96,7 @@ def start_services(config: StackConfig, bootstrap: str, redis_url: str) -> list[
                 logs / f"{name}.log",
                 module=f"imgsim_{name}",
                 env=env[name],
-                health_url=gateway_health if name == "gateway" else None,
-                ready_marker=None if name == "gateway" else READY_MARKER,
+                health_url=health[name],
             )
             started.append(service)
             service.start()

@@ -22,6 +22,7 @@ from faststream.kafka import KafkaBroker
 
 from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
 from imgsim_core.lag import ConsumerLag
+from imgsim_core.liveness import Liveness
 from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_embedder.batcher import MicroBatcher
@@ -36,7 +37,9 @@ GRACEFUL_TIMEOUT_S = 15.0
 
 
 @asynccontextmanager
-async def open_state(settings: EmbedderSettings) -> AsyncIterator[EmbedderState]:
+async def open_state(
+    settings: EmbedderSettings, liveness: Liveness | None = None
+) -> AsyncIterator[EmbedderState]:
     """Everything the handlers need, opened in order and closed in reverse."""
     async with AsyncExitStack() as stack:
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
@@ -57,7 +60,7 @@ async def open_state(settings: EmbedderSettings) -> AsyncIterator[EmbedderState]
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             await producer.start()
         stack.push_async_callback(producer.stop)
-        serve_metrics(settings.metrics_port, settings.metrics_host)
+        serve_metrics(settings.metrics_port, settings.metrics_host, liveness)
         log.info(
             "embedder ready: %s, batches of ≤%d rows, ≤%.0f ms wait",
             encoder.model_id,
@@ -70,12 +73,13 @@ async def open_state(settings: EmbedderSettings) -> AsyncIterator[EmbedderState]
 
 def create_app(settings: EmbedderSettings) -> FastStream:
     holder = StateHolder()
+    liveness = Liveness()
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
         client_id="imgsim-embedder",
         linger_ms=settings.kafka.latency_linger_ms,
         graceful_timeout=GRACEFUL_TIMEOUT_S,
-        middlewares=kafka_middlewares(),
+        middlewares=(*kafka_middlewares(), liveness.middleware),
         max_request_size=max_request_size(settings.kafka),
     )
     broker.include_router(build_router(settings, holder))
@@ -83,7 +87,7 @@ def create_app(settings: EmbedderSettings) -> FastStream:
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        async with open_state(settings) as state:
+        async with open_state(settings, liveness) as state:
             holder.set(state)
             try:
                 yield
@@ -93,6 +97,11 @@ def create_app(settings: EmbedderSettings) -> FastStream:
     app = FastStream(broker, lifespan=lifespan)
     app.after_startup(lag.start)
     app.on_shutdown(lag.stop)
+    app.on_shutdown(liveness.stop)
+
+    @app.after_startup
+    async def beat() -> None:
+        await liveness.start(broker)
 
     @app.after_startup
     async def announce() -> None:

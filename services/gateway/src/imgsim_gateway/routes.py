@@ -458,10 +458,14 @@ async def health() -> Health:
 
 @open_router.get(
     "/ready", response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "Kafka or the vector store is down."}},
-    summary="Readiness: Kafka and the vector store; Redis down is 'degraded'",
+    responses={503: {"model": Readiness, "description": "Kafka is down: nothing can be accepted."}},
+    summary="Readiness: Kafka; Redis or the vector store down is 'degraded'",
 )  # fmt: skip
 async def ready(request: Request, pipe: PipelineDep, response: Response) -> Readiness:
+    """Writes need Kafka only, so a gateway is ready while Kafka is up: an indexer that is
+    down or being redeployed (one replica with the embedded store) makes searches fail
+    with 504 until it is back, but must not take every gateway out of service for writes.
+    """
     cache: Redis = request.app.state.redis
 
     async def redis_ok() -> bool:
@@ -482,7 +486,7 @@ async def ready(request: Request, pipe: PipelineDep, response: Response) -> Read
         "redis": "up" if redis_up else "down",
         "vector_store": "up" if store else "down",
     }
-    if not (kafka and store):
+    if not kafka:
         response.status_code = http.HTTP_503_SERVICE_UNAVAILABLE
         return Readiness(status="not_ready", checks=checks)
-    return Readiness(status="ready" if redis_up else "degraded", checks=checks)
+    return Readiness(status="ready" if redis_up and store else "degraded", checks=checks)

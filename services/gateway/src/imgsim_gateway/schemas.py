@@ -255,7 +255,10 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "degraded", "not_ready"] = Field(
-        description="degraded: Redis is down (no cache); not_ready: Kafka or the store is down"
+        description=(
+            "degraded: Redis is down (no cache) or the vector store does not answer "
+            "(searches fail, writes are accepted); not_ready: Kafka is down"
+        )
     )
     checks: dict[str, str]
 

@@ -19,6 +19,7 @@ from faststream.kafka import KafkaBroker
 
 from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
 from imgsim_core.lag import ConsumerLag
+from imgsim_core.liveness import Liveness
 from imgsim_core.redisclient import make_redis
 from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
@@ -46,9 +47,10 @@ async def check_model(store: VectorStore, model_id: str) -> None:
 def create_app(settings: IndexerSettings) -> FastStream:
     state = IndexerState(store=open_store(settings.qdrant, settings.dim, settings.payload_indexes))
     reindexer = state.reindexer = Reindexer(settings, state)
+    liveness = Liveness()
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
-        middlewares=kafka_middlewares(),
+        middlewares=(*kafka_middlewares(), liveness.middleware),
         max_request_size=max_request_size(settings.kafka),  # replies carry metadata
     )
     broker.include_router(build_router(settings, state))
@@ -67,7 +69,7 @@ def create_app(settings: IndexerSettings) -> FastStream:
             try:
                 state.deadletter_producer = producer
                 state.redis = redis
-                serve_metrics(settings.metrics_port, settings.metrics_host)
+                serve_metrics(settings.metrics_port, settings.metrics_host, liveness)
                 log.info(
                     "indexer ready: %s collection %s, model %s",
                     state.store.name,
@@ -87,6 +89,11 @@ def create_app(settings: IndexerSettings) -> FastStream:
     app = FastStream(broker, lifespan=lifespan)
     app.after_startup(lag.start)
     app.on_shutdown(lag.stop)
+    app.on_shutdown(liveness.stop)
+
+    @app.after_startup
+    async def beat() -> None:
+        await liveness.start(broker)
 
     @app.after_startup
     async def announce() -> None:
