@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 # Weights for `make up`: random (offline, meaningless vectors) | pretrained (downloads once).
 WEIGHTS ?= random
 
-.PHONY: bootstrap up test faults test-unit lint fmt typecheck bench bench-pipeline bench-cache soak compose-check asyncapi
+.PHONY: bootstrap up test faults test-unit lint fmt typecheck bench bench-pipeline bench-cache soak compose-check asyncapi images images-smoke
 
 bootstrap:
 	bash infra/local/bootstrap.sh
@@ -35,6 +35,14 @@ bench: bootstrap
 
 bench-pipeline:
 	$(UV) run python bench/pipeline.py
+
+# The three service images with buildah (no Docker engine needed), then a smoke run of
+# each against a local Kafka and Redis. IMAGE_BASE=public uses the Dockerfiles' registry bases.
+images:
+	bash infra/images/build.sh
+
+images-smoke:
+	$(UV) run python infra/images/smoke.py --tag $${IMAGE_TAG:-dev}
 
 compose-check:
 	docker-compose -f compose.yaml config -q
