@@ -192,3 +192,57 @@ async def test_a_model_change_reindexes_through_the_new_models_embedder(
     assert (await client.get("/api/v1/stats")).json()["indexed_images"] == 13
     dropped = (await client.post("/api/v1/admin/reindex/drop-old")).json()
     assert dropped["dropped"] == [status["collection"].replace("_v2", "_v1")]
+
+
+async def test_a_reindex_is_refused_while_several_indexers_share_the_partitions(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    """A reindex follows one indexer's live writes, so it needs one indexer holding every
+    partition of the vectors topic: with a second one in the group it is refused, with
+    the reason, and runs once the second has left."""
+    await index_many(client, range(6))
+    indexer = stack.services[0]
+    assert indexer.name == "indexer"
+    second = ServiceProcess(
+        "indexer-second",
+        stack.data_dir / "logs" / "indexer-second.log",
+        module="imgsim_indexer",
+        env={
+            **indexer.env,
+            "INDEXER_QDRANT__PATH": str(stack.data_dir / "qdrant-second"),
+            "INDEXER_METRICS_PORT": str(free_port()),
+        },
+        ready_marker=READY_MARKER,
+    )
+    stack.services.append(second)
+    second.start()
+    vectors = f"topic='{indexer.env['INDEXER_KAFKA__TOPIC_PREFIX']}vectors'"
+    deadline = time.monotonic() + 60
+    while not any(
+        "assigned to partitions" in line and vectors in line
+        for line in second.log_of_this_run().splitlines()
+    ):
+        assert time.monotonic() < deadline, second.log_tail()
+        await asyncio.sleep(0.3)
+
+    refused = await client.post("/api/v1/admin/reindex")
+    assert refused.status_code == 202, refused.text
+    assert refused.json()["state"] == "failed", refused.json()
+    assert "other indexers in group" in refused.json()["error"]
+    assert refused.json()["collection"] == "images"
+
+    second.stop()  # leaves the group: the first takes every partition back
+    stack.services.remove(second)
+    deadline = time.monotonic() + 60
+    while True:
+        started = (await client.post("/api/v1/admin/reindex")).json()
+        if started["state"] == "running":
+            break
+        assert "partitions" in (started.get("error") or ""), started
+        assert time.monotonic() < deadline, started
+        await asyncio.sleep(0.5)
+    while (status := (await client.get("/api/v1/admin/reindex")).json())["state"] != "done":
+        assert status["state"] in {"running", "switching"}, status
+        assert time.monotonic() < deadline + 60, status
+        await asyncio.sleep(0.3)
+    assert status["collection"].endswith("_v2")

@@ -24,6 +24,10 @@ class StoreConfigError(StoreError):
     """The existing collection does not fit the settings (e.g. another dimension)."""
 
 
+class ReindexRefusedError(IndexerError):
+    """A reindex cannot run here (another indexer consumes some of the partitions)."""
+
+
 class NotStartedError(IndexerError):
     """A handler ran before the app's lifespan started what it needs."""
 

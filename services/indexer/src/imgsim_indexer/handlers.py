@@ -33,7 +33,7 @@ from faststream import AckPolicy
 from faststream.exceptions import AckMessage
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
-from faststream.kafka.subscriber.usecase import DefaultSubscriber
+from faststream.kafka.subscriber.usecase import BatchSubscriber, DefaultSubscriber
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -59,7 +59,12 @@ from imgsim_core.kafka import now_ms, past_deadline, produce_all, safe_batch_par
 from imgsim_core.tracing import batch_step
 from imgsim_indexer.cache import bump_generation, generation_key
 from imgsim_indexer.duplicates import find_duplicates
-from imgsim_indexer.errors import NotStartedError, RequestError, StoreError
+from imgsim_indexer.errors import (
+    NotStartedError,
+    ReindexRefusedError,
+    RequestError,
+    StoreError,
+)
 from imgsim_indexer.operations import plan_batch
 from imgsim_indexer.reindex import Reindexer
 from imgsim_indexer.settings import IndexerSettings
@@ -97,6 +102,7 @@ class IndexerState:
     model_id: str = ""  # the model whose vectors the live collection holds
     skip_models: set[str] = field(default_factory=set)  # other models' vectors: not letters
     previous: dict[str, VectorStore] = field(default_factory=dict)  # model → old collection
+    vectors: BatchSubscriber | None = None  # the live consumer (its partitions, for a reindex)
 
     def store_for(self, model_id: str | None) -> VectorStore | None:
         """The collection that holds vectors of ``model_id`` (None: the live one)."""
@@ -108,6 +114,15 @@ class IndexerState:
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             self.positions[tp] = max(self.positions.get(tp, 0), record.offset + 1)
+
+    def held(self) -> tuple[set[int], set[int] | None]:
+        """Partitions of the vectors topic the live consumer holds, and all of them."""
+        consumer = None if self.vectors is None else self.vectors.consumer
+        if consumer is None or not consumer.subscription():
+            return set(), None
+        (topic,) = consumer.subscription()
+        held = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+        return held, consumer.partitions_for_topic(topic)
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -165,7 +180,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             description=description,
         )
 
-    @router.subscriber(
+    vectors = state.vectors = router.subscriber(
         topics.vectors,
         batch=True,
         group_id=settings.group_id,
@@ -178,6 +193,8 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         title="index-vectors",
         description="Upserts ImageEmbedded vectors; a null value (tombstone) deletes.",
     )
+
+    @vectors
     async def index_vectors(message: KafkaMessage) -> None:
         raw = message.raw_message
         records: tuple[ConsumerRecord[bytes, bytes], ...] = (
@@ -437,7 +454,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             if request.action == "drop_old":
                 return await state.reindexer.drop_old()
             return await state.reindexer.status()
-        except StoreError as exc:
+        except (StoreError, ReindexRefusedError) as exc:
             log.warning("reindex %s failed: %s", request.action, exc)
             return ReindexStatus(state="failed", collection=store.collection, error=str(exc))
 

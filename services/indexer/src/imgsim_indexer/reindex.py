@@ -28,9 +28,16 @@ How it works:
 5. The old collection is kept until ``drop_old`` (``imgsim reindex --drop-old``) or
    until ``INDEXER_REINDEX_RETENTION_S`` has passed after the switch.
 
-Scope: the vectors path, i.e. the model is unchanged and nothing is re-embedded. One
-indexer instance runs a reindex over the partitions it consumes; with the embedded store
-there is exactly one instance, which consumes them all.
+Scope: one indexer instance runs the whole reindex, and step 4 compares the replay with
+*its* live consumer. So the instance must consume every partition of the vectors topic:
+with the embedded store there is exactly one instance; with a Qdrant server and several
+indexers in the group, ``start`` refuses (:class:`ReindexRefusedError`, the reply says
+why) and so does the switch if the group grew meanwhile (the reindex fails, the live
+collection stays). A cluster runs it once, as ``infra/k8s/qdrant-server-scaled``'s
+reindex Job does: hold the indexers at one replica, reindex, release them. (Coordinating
+the switch across several live consumers, for example with a barrier record in every
+partition, is possible but not built: a reindex is rare and one replica keeps up with the
+live writes of most deployments while it runs.)
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from imgsim_core.contracts import ReindexStatus
-from imgsim_indexer.errors import StoreError
+from imgsim_indexer.errors import ReindexRefusedError, StoreError
 from imgsim_indexer.operations import plan_batch
 from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import VectorStore, collection_version, open_store
@@ -62,6 +69,11 @@ class LiveIndex(Protocol):
     model_id: str  # the model of the live collection
     skip_models: set[str]  # vectors of these models are skipped by the live consumer
     previous: dict[str, VectorStore]  # collections of earlier models, still searchable
+
+    def held(self) -> tuple[set[int], set[int] | None]:
+        """Partitions of the vectors topic the live consumer holds, and all of them
+        (None while it has no metadata yet)."""
+        ...
 
 
 class Reindexer:
@@ -103,6 +115,7 @@ class Reindexer:
     async def start(self, model_id: str | None = None) -> ReindexStatus:
         if self._task is not None and not self._task.done():
             return await self.status()
+        self._check_sole_consumer()
         self._model = model_id or self.live.model_id
         store = self.live.store
         existing = await store.collections()
@@ -229,6 +242,7 @@ class Reindexer:
         if self._changes_model and await target.count() < await self.live.store.count():
             return False  # the new model's embedder has not re-embedded every image yet
         async with self.live.lock:
+            self._check_sole_consumer()  # the group may have grown since the start
             behind = [p for p, live in self.live.positions.items() if positions.get(p, 0) < live]
             if behind:
                 return False
@@ -257,6 +271,21 @@ class Reindexer:
             await self.drop_old()
         except StoreError:
             log.exception("dropping old collections after retention failed")
+
+    def _check_sole_consumer(self) -> None:
+        held, every = self.live.held()
+        topic = self.settings.kafka.topics.vectors
+        if every is None:
+            raise ReindexRefusedError(
+                f"the live consumer has no partitions of {topic} yet; retry in a few seconds"
+            )
+        if held != every:
+            raise ReindexRefusedError(
+                f"this indexer consumes {len(held)} of the {len(every)} partitions of {topic}: "
+                f"other indexers in group {self.settings.group_id} consume the rest, and a "
+                "reindex follows the live writes of one. Scale the indexer to one replica "
+                "(infra/k8s/qdrant-server-scaled: the reindex Job does), then start it again"
+            )
 
     def _set(self, **changes: object) -> None:
         self._status = self._status.model_copy(update=changes)
