@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make up` and `make test` need on a Debian/Ubuntu machine without Docker:
 # uv (from PyPI), the workspace's Python packages (uv.lock), redis-server, Java 17+, Maven
-# and Chromium for the page's browser tests (apt, when missing), and the Apache Kafka
-# broker jars (Maven Central). Idempotent.
+# and Chromium for the page's browser tests (apt, when missing), kustomize where kubectl
+# is missing (Go module proxy), and the Apache Kafka broker jars (Maven Central). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,6 +20,21 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 # The Debian package starts a redis-server service on 6379; the stack runs its own.
+
+# The manifest tests render infra/k8s with kustomize: `kubectl kustomize`, or else a
+# kustomize binary, built here from the Go module proxy (Debian's kubectl, package
+# kubernetes-client 1.20, bundles kustomize 2: too old for `labels` and `components`).
+# v5.5.0 is the kustomize of kubectl 1.32, and renders the same.
+if ! kubectl kustomize infra/k8s/qdrant-server-scaled >/dev/null 2>&1 &&
+  ! kustomize build infra/k8s/qdrant-server-scaled >/dev/null 2>&1; then
+  go_cmd=$(command -v go || echo /usr/local/go/bin/go)
+  if [ -x "$go_cmd" ]; then
+    echo "installing kustomize v5.5.0 (go install) into /usr/local/bin"
+    as_root env GOBIN=/usr/local/bin "$go_cmd" install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+  else
+    echo "neither kubectl nor kustomize (nor Go to build it): the manifest tests will fail" >&2
+  fi
+fi
 
 if command -v uv >/dev/null; then UV=(uv)
 elif python3 -m uv --version >/dev/null 2>&1; then UV=(python3 -m uv)

@@ -29,6 +29,7 @@ from typing import Literal, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
 from imgsim_core.contracts import (
@@ -66,6 +67,11 @@ from imgsim_gateway.schemas import SearchOptions
 from imgsim_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+WRITES = Counter(
+    "imgsim_gateway_writes",
+    "Image events the broker acknowledged (durable), by kind: image or delete.",
+    ["kind"],
+)
 
 _CONTENT_TYPES = {
     "JPEG": "image/jpeg",
@@ -291,6 +297,7 @@ class Pipeline:
             self._outage.failed(exc)
             raise UpstreamError("the event log is unavailable; retry later") from exc
         self._outage.ok()
+        WRITES.labels("delete" if value is None else "image").inc()
         return Written(image_id, meta.partition, meta.offset)
 
     async def wait_visible(self, written: Written, *, deleted: bool) -> None:

@@ -1,0 +1,150 @@
+"""The embedded store's cost per image: RSS, disk and search time at N points, before and
+after Qdrant Edge builds its HNSW index (``EdgeShard.optimize()``).
+
+Writes N clustered 512-d unit vectors (64 clusters, like CLIP embeddings, which crowd
+into a few directions) with a keyword and a numeric metadata field through the indexer's
+own :class:`~imgsim_indexer.edge_store.EdgeStore` in batches of 256, then measures:
+the upsert rate, the process RSS and the shard's disk use, the p50/p99 of 200 top-10
+searches (the store as the indexer runs it: no HNSW build, every search is a scan), the
+build's wall time and peak RSS, and the same searches after it, with recall@10 of the
+built index against the exact scan (the same queries' results before the build).
+
+    uv run python bench/store_memory.py --points 200000
+
+The input to ``docs/capacity.md``; the million-scale benchmark goes further (search
+while it builds, through Kafka and the gateway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from imgsim_core.settings import QdrantSettings
+from imgsim_indexer.edge_store import EdgeStore
+from imgsim_indexer.store import Point
+
+DIM = 512
+BATCH = 256
+
+
+def rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def disk_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def vectors(n: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+    picks = rng.integers(0, len(centres), n)
+    v = centres[picks] + rng.normal(0, 0.35 / np.sqrt(DIM), (n, DIM)).astype(np.float32) * 4
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+class PeakRss:
+    """Samples RSS every 0.2 s in a thread (the build holds the GIL; /proc still answers)."""
+
+    def __init__(self) -> None:
+        self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, rss_mb())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+async def searches(
+    store: EdgeStore, queries: np.ndarray, filtered: bool = False
+) -> tuple[list[list[str]], float, float]:
+    """Top-10 of each query; with ``filtered``, among the 1 % of points tagged ``t7``."""
+    took, found = [], []
+    where = {"tag": "t7"} if filtered else None
+    for q in queries:
+        started = time.perf_counter()
+        hits = await store.search(q, top_k=10, threshold=None, with_metadata=False, filter=where)
+        took.append((time.perf_counter() - started) * 1000)
+        found.append([h.image_id for h in hits])
+    return found, float(np.percentile(took, 50)), float(np.percentile(took, 99))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(64, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    work = Path(tempfile.mkdtemp(prefix="imgsim-store-"))
+    store = EdgeStore(
+        QdrantSettings(path=str(work)), DIM, payload_indexes={"tag": "keyword", "n": "integer"}
+    )
+    await store.open()
+    base_rss = rss_mb()
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for first in range(0, args.points, BATCH):
+        block = vectors(min(BATCH, args.points - first), rng, centres)
+        await store.upsert(
+            [
+                Point(f"img/{first + i}", v, "bench", {"tag": f"t{(first + i) % 100}", "n": i}, now)
+                for i, v in enumerate(block)
+            ]
+        )
+    upsert_s = time.perf_counter() - started
+    queries = vectors(args.queries, rng, centres)
+    exact, scan_p50, scan_p99 = await searches(store, queries)
+    _, fscan_p50, fscan_p99 = await searches(store, queries, filtered=True)
+    rss_before, disk_before = rss_mb() - base_rss, disk_mb(work)
+
+    shard = store._opened()  # the build is the shard's own call, not part of the store API
+    with PeakRss() as peak:
+        started = time.perf_counter()
+        await asyncio.to_thread(shard.optimize)
+        build_s = time.perf_counter() - started
+    built, hnsw_p50, hnsw_p99 = await searches(store, queries)
+    _, fhnsw_p50, fhnsw_p99 = await searches(store, queries, filtered=True)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, built, strict=True)])
+    rss_after, disk_after = rss_mb() - base_rss, disk_mb(work)
+    await store.close()
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    n = args.points
+    print(f"points: {n:,} × {DIM} float32 with 2 indexed payload fields, Qdrant Edge")
+    print(f"upsert: {n / upsert_s:,.0f} points/s ({upsert_s:.1f} s, batches of {BATCH})")
+    print(f"before the build: RSS +{rss_before:,.0f} MB ({rss_before * 2**20 / n:,.0f} B/point),"
+          f" disk {disk_before:,.0f} MB ({disk_before * 2**20 / n:,.0f} B/point),"
+          f" search p50 {scan_p50:.1f} ms p99 {scan_p99:.1f} ms,"
+          f" 1 % filter p50 {fscan_p50:.1f} ms p99 {fscan_p99:.1f} ms")  # fmt: skip
+    print(f"HNSW build: {build_s:.1f} s, peak RSS +{peak.peak - base_rss:,.0f} MB")
+    print(f"after the build: RSS +{rss_after:,.0f} MB ({rss_after * 2**20 / n:,.0f} B/point),"
+          f" disk {disk_after:,.0f} MB ({disk_after * 2**20 / n:,.0f} B/point),"
+          f" search p50 {hnsw_p50:.2f} ms p99 {hnsw_p99:.2f} ms,"
+          f" 1 % filter p50 {fhnsw_p50:.2f} ms p99 {fhnsw_p99:.2f} ms,"
+          f" recall@10 {recall:.3f}")  # fmt: skip
+    print(f"process max RSS {max_rss:,.0f} MB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
