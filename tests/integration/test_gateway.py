@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from pydantic import SecretStr
 
 from imgsim_core.settings import ImageLimits, KafkaSettings, RedisSettings
 from imgsim_devstack.processes import free_port
+from imgsim_gateway import security
 from imgsim_gateway.settings import GatewaySettings
 from tests.conftest import Services, in_process_gateway
 from tests.imagegen import make_image, png_bomb
@@ -78,7 +81,7 @@ async def test_index_produces_the_raw_image_keyed_by_id(gateway: httpx.AsyncClie
     )
     await consumer.start()
     try:
-        record = await consumer.getone()
+        record = await asyncio.wait_for(consumer.getone(), 10)
     finally:
         await consumer.stop()
     assert record.key == b"cats/1.jpg"
@@ -273,18 +276,26 @@ async def test_api_keys_are_required_when_set(secured: httpx.AsyncClient) -> Non
     assert (await secured.get("/api/v1/health")).status_code == 200  # health stays open
 
 
-async def test_rate_limit_per_key_with_retry_after(secured: httpx.AsyncClient) -> None:
+async def test_rate_limit_per_key_with_retry_after(
+    secured: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limiter's clock is pinned 10 s into a minute, so the four requests cannot
+    # straddle a window boundary, and Retry-After is known exactly.
+    now = [float(int(time.time()) // 60 * 60 + 10)]
+    monkeypatch.setattr(security, "time", SimpleNamespace(time=lambda: now[0]))
     body = {"image_data": b64(make_image(6)), "image_id": "r"}
-    codes = [
-        (await secured.post("/api/v1/index", json=body, headers={"X-API-Key": "alpha"})).status_code
-        for _ in range(4)
-    ]
+
+    async def post(key: str) -> httpx.Response:
+        return await secured.post("/api/v1/index", json=body, headers={"X-API-Key": key})
+
+    codes = [(await post("alpha")).status_code for _ in range(4)]
     assert codes == [202, 202, 202, 429]
-    limited = await secured.post("/api/v1/index", json=body, headers={"X-API-Key": "alpha"})
+    limited = await post("alpha")
     assert limited.json()["error"]["code"] == "rate_limited"
-    assert 1 <= int(limited.headers["retry-after"]) <= 60
-    other = await secured.post("/api/v1/index", json=body, headers={"X-API-Key": "beta"})
-    assert other.status_code == 202  # limits are per caller
+    assert limited.headers["retry-after"] == "50"
+    assert (await post("beta")).status_code == 202  # limits are per caller
+    now[0] += 60  # the next window
+    assert (await post("alpha")).status_code == 202
 
 
 async def test_rate_limit_lets_requests_through_when_redis_is_down(

@@ -1,7 +1,8 @@
 """The result-cache generation: bumped after each batch that wrote, never failing one.
 
-The tests that need a real ``redis-server`` start one on a free port and are skipped
-where it is not installed.
+The tests that need a real ``redis-server`` start one on a free port, are marked
+``integration`` (so ``make test-unit`` starts no server) and are skipped where it is not
+installed.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ async def test_unreachable_redis_is_a_warning(caplog: pytest.LogCaptureFixture) 
 
 
 @needs_redis
+@pytest.mark.integration  # a real redis-server: not part of `make test-unit`
 async def test_bump_increments(redis: Redis) -> None:
     assert await bump_generation(redis, KEY, timeout_s=1) == 1
     assert await bump_generation(redis, KEY, timeout_s=1) == 2
@@ -67,6 +69,7 @@ async def test_bump_increments(redis: Redis) -> None:
 
 
 @needs_redis
+@pytest.mark.integration  # a real redis-server: not part of `make test-unit`
 async def test_a_batch_that_writes_bumps_the_generation(redis: Redis, tmp_path: Path) -> None:
     store = EdgeStore(QdrantSettings(path=tmp_path), DIM)
     await store.open()
