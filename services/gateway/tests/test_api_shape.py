@@ -13,9 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from imgsim_core.errors import CLIENT_FAULTS, IMAGE_FAULTS, ErrorCode
 from imgsim_gateway.app import BodyGuard, create_app
 from imgsim_gateway.errors import BadRequestError
-from imgsim_gateway.pipeline import decode_base64
+from imgsim_gateway.pipeline import decode_base64, reply_error
 from imgsim_gateway.schemas import IndexRequest, SearchRequest
 from imgsim_gateway.settings import GatewaySettings
 
@@ -142,3 +143,17 @@ async def test_gateway_serves_the_asyncapi_contract_for_its_prefix() -> None:
     assert document["channels"]["images"]["address"] == "acme.images"
     assert page.status_code == 200
     assert "acme.images" in page.text
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_a_reply_error_is_a_4xx_exactly_when_it_is_the_clients_fault(code: ErrorCode) -> None:
+    error = reply_error("refused", code, "search_failed")
+    assert error.code == code
+    assert (400 <= error.status_code < 500) == (code in CLIENT_FAULTS)
+    if code in IMAGE_FAULTS and code is not ErrorCode.IMAGE_TOO_LARGE:
+        assert error.status_code == 422
+
+
+def test_a_reply_error_without_a_code_is_the_systems() -> None:
+    error = reply_error("failed", None, "search_failed")
+    assert (error.status_code, error.code) == (503, "search_failed")

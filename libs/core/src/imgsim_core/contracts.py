@@ -20,6 +20,7 @@ import numpy.typing as npt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic_core import PydanticCustomError
 
+from imgsim_core.errors import ErrorCode
 from imgsim_core.ids import MAX_IMAGE_ID_LENGTH
 
 # Point ids are derived from image ids, so a redelivered event overwrites, never duplicates.
@@ -270,7 +271,7 @@ class SearchReplied(_Event):
     )
     model_id: str | None = None
     error: str | None = None
-    error_code: str | None = None
+    error_code: ErrorCode | None = None
 
 
 class StatusRequested(_Event):
@@ -352,7 +353,7 @@ class DuplicatesReplied(_Event):
     next_cursor: str | None = Field(default=None, description="None: the scan is complete.")
     scanned: int = Field(default=0, description="Images this page looked at.")
     error: str | None = None
-    error_code: str | None = None
+    error_code: ErrorCode | None = None
 
 
 ReindexState = Literal["idle", "running", "switching", "done", "failed"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from imgsim_core.errors import ErrorCode
 from imgsim_core.settings import ImageLimits
 
 # Magic numbers of the allowed formats; the client's content type is never trusted.
@@ -29,7 +30,7 @@ ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 class ImageError(ValueError):
     """An image that imgsim will not accept; ``code`` names the reason."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -55,29 +56,32 @@ def sniff_format(data: bytes) -> str | None:
 def inspect_image(data: bytes, limits: ImageLimits) -> ImageInfo:
     """Check size, format and dimensions from the header, without a full decode."""
     if not data:
-        raise ImageError("empty_image", "the image is empty")
+        raise ImageError(ErrorCode.EMPTY_IMAGE, "the image is empty")
     if len(data) > limits.max_bytes:
         raise ImageError(
-            "image_too_large", f"the image is {len(data)} bytes; the limit is {limits.max_bytes}"
+            ErrorCode.IMAGE_TOO_LARGE,
+            f"the image is {len(data)} bytes; the limit is {limits.max_bytes}",
         )
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageError(
-            "unsupported_format",
+            ErrorCode.UNSUPPORTED_FORMAT,
             "the bytes are not an image of an allowed format (JPEG, PNG, WebP, GIF, BMP)",
         )
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as img:
             width, height = img.size
     except Image.DecompressionBombError as exc:  # PIL's own guard, at twice its pixel limit
-        raise ImageError("too_many_pixels", f"decompression bomb: {exc}") from exc
+        raise ImageError(ErrorCode.TOO_MANY_PIXELS, f"decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError("corrupt_image", f"the {fmt} header cannot be read: {exc}") from exc
+        raise ImageError(
+            ErrorCode.CORRUPT_IMAGE, f"the {fmt} header cannot be read: {exc}"
+        ) from exc
     if width <= 0 or height <= 0:
-        raise ImageError("corrupt_image", "the image has no pixels")
+        raise ImageError(ErrorCode.CORRUPT_IMAGE, "the image has no pixels")
     if width * height > limits.max_pixels:
         raise ImageError(
-            "too_many_pixels",
+            ErrorCode.TOO_MANY_PIXELS,
             f"the image is {width}×{height} pixels; the limit is {limits.max_pixels} pixels",
         )
     return ImageInfo(fmt, width, height)
@@ -103,7 +107,7 @@ def check_crop(info: ImageInfo, crop: Box) -> None:
     x, y, w, h = crop
     if x < 0 or y < 0 or w < 1 or h < 1 or x + w > info.width or y + h > info.height:
         raise ImageError(
-            "bad_crop",
+            ErrorCode.BAD_CROP,
             f"the crop x={x}, y={y}, w={w}, h={h} is not inside the {info.width}×{info.height} "
             "image",
         )
@@ -137,10 +141,10 @@ def decode_rgb(
             # doubling the peak of a 7000×7000 PNG (~200 MB → ~400 MB).
             return region if region.mode == "RGB" else region.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError("too_many_pixels", f"decompression bomb: {exc}") from exc
+        raise ImageError(ErrorCode.TOO_MANY_PIXELS, f"decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(
-            "corrupt_image", f"the {info.format} data cannot be decoded: {exc}"
+            ErrorCode.CORRUPT_IMAGE, f"the {info.format} data cannot be decoded: {exc}"
         ) from exc
 
 

@@ -59,6 +59,7 @@ from imgsim_core.contracts import (
     VectorSearchRequested,
     pack_vector,
 )
+from imgsim_core.errors import ErrorCode
 from imgsim_core.images import Box, ImageError, decode_rgb
 from imgsim_core.kafka import (
     EventError,
@@ -268,7 +269,7 @@ def _image_bytes(image: str) -> bytes:
     try:
         return base64.b64decode(image, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ImageError("bad_base64", "the image is not valid base64") from exc
+        raise ImageError(ErrorCode.BAD_BASE64, "the image is not valid base64") from exc
 
 
 async def _embed_examples(
@@ -315,7 +316,9 @@ async def embed_query(
     params = query.model_dump(include=set(SearchParams.model_fields))
     if query.positive or query.negative:
         if query.image is not None or query.text is not None or not query.positive:
-            raise ImageError("bad_request", "a search by examples needs positive examples only")
+            raise ImageError(
+                ErrorCode.BAD_REQUEST, "a search by examples needs positive examples only"
+            )
         positive = await _embed_examples(
             query.positive, encoder=encoder, batcher=batcher, pool=pool, limits=limits
         )
@@ -327,9 +330,9 @@ async def embed_query(
             deadline_ms=query.deadline_ms,
         )  # fmt: skip
     if (query.image is None) == (query.text is None):
-        raise ImageError("bad_request", "a search needs exactly one of image or text")
+        raise ImageError(ErrorCode.BAD_REQUEST, "a search needs exactly one of image or text")
     if query.crop is not None and query.image is None:
-        raise ImageError("bad_request", "a crop goes with an image query only")
+        raise ImageError(ErrorCode.BAD_REQUEST, "a crop goes with an image query only")
     if query.text is not None:
         vectors = await batcher.embed_text([query.text])
     else:
@@ -432,7 +435,7 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         if deadline := message.headers.get(Header.DEADLINE):
             forward[Header.DEADLINE] = str(deadline)
 
-        async def reply_error(error: str, code: str) -> None:
+        async def reply_error(error: str, code: ErrorCode) -> None:
             QUERIES.labels(code).inc()
             log.info("query %s failed: %s: %s", message.correlation_id, code, error)
             if message.reply_to:
@@ -446,7 +449,7 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         try:
             query = SearchRequested.model_validate_json(body)
         except ValidationError as exc:
-            await reply_error(describe(exc), "bad_request")
+            await reply_error(describe(exc), ErrorCode.BAD_REQUEST)
             return
         if query.deadline_ms < now_ms():
             QUERIES.labels("expired").inc()
@@ -463,7 +466,7 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
             )
         except (ImageError, EmbedderError) as exc:
             await reply_error(
-                str(exc), exc.code if isinstance(exc, ImageError) else "embedding_failed"
+                str(exc), exc.code if isinstance(exc, ImageError) else ErrorCode.EMBEDDING_FAILED
             )
             return
         await searches.publish(

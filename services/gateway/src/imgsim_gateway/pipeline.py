@@ -49,6 +49,7 @@ from imgsim_core.contracts import (
     StatusRequested,
     VectorSearchRequested,
 )
+from imgsim_core.errors import IMAGE_FAULTS, ErrorCode
 from imgsim_core.images import ImageError, check_crop, decode_rgb, decoded_pixels, inspect_image
 from imgsim_core.kafka import Outage, encode_metadata, now_ms, produced_headers, send_acked
 from imgsim_core.requestreply import Requester, RequestTimeoutError
@@ -80,17 +81,23 @@ _CONTENT_TYPES = {
     "GIF": "image/gif",
     "BMP": "image/bmp",
 }
-# Reply error codes that are the client's fault → HTTP errors.
-_CLIENT_ERRORS: dict[str, type[GatewayError]] = {
-    "bad_image": InvalidImageError,
-    "invalid_image": InvalidImageError,
-    "corrupt_image": InvalidImageError,
-    "unsupported_format": InvalidImageError,
-    "too_many_pixels": InvalidImageError,
-    "bad_crop": InvalidImageError,
-    "bad_request": BadRequestError,
-    "not_found": NotFoundError,
+# Reply error codes that are the client's fault → HTTP errors; any other code is a 502.
+_CLIENT_ERRORS: dict[ErrorCode, type[GatewayError]] = {
+    **dict.fromkeys(IMAGE_FAULTS, InvalidImageError),
+    ErrorCode.BAD_REQUEST: BadRequestError,
+    ErrorCode.BAD_BASE64: BadRequestError,
+    ErrorCode.IMAGE_TOO_LARGE: PayloadTooLargeError,
+    ErrorCode.NOT_FOUND: NotFoundError,
 }
+
+
+def reply_error(message: str, code: ErrorCode | None, fallback: str) -> GatewayError:
+    """The HTTP error of a service's error reply: 4xx for the client's faults, else 503
+    (with ``fallback`` as its code when the reply named none)."""
+    kind = _CLIENT_ERRORS.get(code, UpstreamError) if code else UpstreamError
+    return kind(message, code=code or fallback)
+
+
 _WAIT_POLL_S = 0.1
 _Reply = TypeVar("_Reply", bound=BaseModel)
 
@@ -256,7 +263,7 @@ class Pipeline:
             async with self.decoding.hold(decoded_pixels(info)):
                 await asyncio.to_thread(decode_rgb, data, limits)
         except ImageError as exc:
-            if exc.code == "image_too_large":
+            if exc.code == ErrorCode.IMAGE_TOO_LARGE:
                 raise PayloadTooLargeError(exc.message, code=exc.code) from exc
             raise InvalidImageError(exc.message, code=exc.code) from exc
         return _CONTENT_TYPES[info.format]
@@ -401,8 +408,7 @@ class Pipeline:
             topic = self.topics.queries
         answer = await self._ask(topic, request, timeout, SearchReplied)
         if answer.error is not None:
-            code = answer.error_code or "search_failed"
-            raise _CLIENT_ERRORS.get(code, UpstreamError)(answer.error, code=code)
+            raise reply_error(answer.error, answer.error_code, "search_failed")
         if vector is None and answer.query_vector and answer.model_id:
             await self.cache.put_embedding(
                 query.cache_subject, answer.model_id, answer.query_vector
@@ -419,8 +425,7 @@ class Pipeline:
         asked = request.model_copy(update={"deadline_ms": deadline})
         answer = await self._ask(self.topics.duplicates, asked, timeout, DuplicatesReplied)
         if answer.error is not None:
-            code = answer.error_code or "duplicates_failed"
-            raise _CLIENT_ERRORS.get(code, UpstreamError)(answer.error, code=code)
+            raise reply_error(answer.error, answer.error_code, "duplicates_failed")
         return answer
 
     async def same_content(self, data: bytes) -> list[str]:

@@ -7,6 +7,8 @@ become dead letters (see :mod:`imgsim_indexer.handlers`).
 
 from __future__ import annotations
 
+from imgsim_core.errors import ErrorCode
+
 
 class IndexerError(Exception):
     """Base class of every error the indexer raises on purpose."""
@@ -35,7 +37,7 @@ class NotStartedError(IndexerError):
 class RequestError(IndexerError):
     """A request the indexer refuses; ``code`` becomes the reply's ``error_code``."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -45,4 +47,4 @@ class BadFilterError(RequestError):
     """A search filter holds a value the store cannot compare."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("bad_request", message)
+        super().__init__(ErrorCode.BAD_REQUEST, message)

@@ -55,6 +55,7 @@ from imgsim_core.contracts import (
     pack_vector,
     unpack_vector,
 )
+from imgsim_core.errors import ErrorCode
 from imgsim_core.kafka import now_ms, past_deadline, produce_all, safe_batch_parser
 from imgsim_core.tracing import batch_step
 from imgsim_indexer.cache import bump_generation, generation_key
@@ -138,7 +139,7 @@ def combine(positive: Sequence[tuple[Vector, float]], negative: Sequence[tuple[V
     query = mean_p if not negative else 2 * mean_p - _weighted_mean(negative)
     norm = float(np.linalg.norm(query))
     if not np.isfinite(norm) or norm < 1e-6:
-        raise RequestError("bad_request", "the examples cancel out: no direction is left")
+        raise RequestError(ErrorCode.BAD_REQUEST, "the examples cancel out: no direction is left")
     return (query / norm).astype(np.float32)
 
 
@@ -247,10 +248,10 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         try:
             vector = unpack_vector(packed)
         except ValueError as exc:
-            raise RequestError("bad_vector", "the vector is not base64 of float32") from exc
+            raise RequestError(ErrorCode.BAD_VECTOR, "the vector is not base64 of float32") from exc
         if vector.shape != (settings.dim,):
             raise RequestError(
-                "wrong_dim",
+                ErrorCode.WRONG_DIM,
                 f"the vector has dim {vector.size}, the index holds dim {settings.dim}",
             )
         return vector
@@ -258,7 +259,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
     async def stored_vector(image_id: str, store: VectorStore) -> Vector:
         stored = await store.get_vector(image_id)
         if stored is None:
-            raise RequestError("not_found", f"image {image_id} is not indexed")
+            raise RequestError(ErrorCode.NOT_FOUND, f"image {image_id} is not indexed")
         return stored
 
     async def example_vector(example: Example, store: VectorStore) -> tuple[Vector, float]:
@@ -266,7 +267,9 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             return checked(example.vector), example.weight
         if example.image_id is not None:
             return await stored_vector(example.image_id, store), example.weight
-        raise RequestError("bad_request", "an example reaches the indexer as a vector or an id")
+        raise RequestError(
+            ErrorCode.BAD_REQUEST, "an example reaches the indexer as a vector or an id"
+        )
 
     async def query_vector(
         request: VectorSearchRequested, store: VectorStore
@@ -275,10 +278,11 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         given = (request.vector, request.like_image_id, request.positive or None)
         if sum(part is not None for part in given) != 1:
             raise RequestError(
-                "bad_request", "give exactly one of vector, like_image_id and positive examples"
+                ErrorCode.BAD_REQUEST,
+                "give exactly one of vector, like_image_id and positive examples",
             )
         if request.negative and not request.positive:
-            raise RequestError("bad_request", "negative examples need positive ones")
+            raise RequestError(ErrorCode.BAD_REQUEST, "negative examples need positive ones")
         if request.like_image_id is not None:
             return await stored_vector(request.like_image_id, store), (request.like_image_id,)
         if request.positive:
@@ -299,7 +303,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             request = VectorSearchRequested.model_validate_json(message.body)
         except ValidationError as exc:
             SEARCHES.labels("bad_request").inc()
-            return SearchReplied(error=invalid(exc), error_code="bad_request")
+            return SearchReplied(error=invalid(exc), error_code=ErrorCode.BAD_REQUEST)
         if request.deadline_ms < now_ms():
             log.debug("dropped a search %d ms past its deadline", now_ms() - request.deadline_ms)
             SEARCHES.labels("expired").inc()
@@ -312,7 +316,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             return SearchReplied(
                 error=f"the query vector comes from model {request.model_id!r}; the index "
                 f"holds {state.model_id!r}",
-                error_code="wrong_model",
+                error_code=ErrorCode.WRONG_MODEL,
             )
         try:
             vector, exclude = await query_vector(request, store)
@@ -331,7 +335,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         except StoreError as exc:
             log.warning("search failed: %s", exc)
             SEARCHES.labels("store_error").inc()
-            return SearchReplied(error=str(exc), error_code="store_error")
+            return SearchReplied(error=str(exc), error_code=ErrorCode.STORE_ERROR)
         SEARCHES.labels("ok").inc()
         return SearchReplied(
             hits=[_hit(h) for h in hits],
@@ -388,7 +392,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             request = DuplicatesRequested.model_validate_json(message.body)
         except ValidationError as exc:
             DUPLICATE_PAGES.labels("bad_request").inc()
-            return DuplicatesReplied(error=invalid(exc), error_code="bad_request")
+            return DuplicatesReplied(error=invalid(exc), error_code=ErrorCode.BAD_REQUEST)
         if request.deadline_ms < now_ms():
             DUPLICATE_PAGES.labels("expired").inc()
             raise AckMessage()
@@ -400,7 +404,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         except StoreError as exc:
             log.warning("duplicates failed: %s", exc)
             DUPLICATE_PAGES.labels("store_error").inc()
-            return DuplicatesReplied(error=str(exc), error_code="store_error")
+            return DuplicatesReplied(error=str(exc), error_code=ErrorCode.STORE_ERROR)
         DUPLICATE_PAGES.labels("ok").inc()
         return reply
 
