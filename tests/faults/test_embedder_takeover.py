@@ -36,6 +36,15 @@ async def search(client: httpx.AsyncClient) -> tuple[float, int]:
     return sent, response.status_code
 
 
+async def forwarded(embedder: ServiceProcess) -> bool:
+    """Whether this embedder has forwarded a query (it holds a query partition)."""
+    port = embedder.env["EMBEDDER_METRICS_PORT"]
+    async with httpx.AsyncClient(timeout=5) as metrics:
+        text = (await metrics.get(f"http://127.0.0.1:{port}/metrics")).text
+    line = 'imgsim_embedder_queries_total{outcome="forwarded"} '
+    return any(row.startswith(line) and float(row[len(line) :]) > 0 for row in text.splitlines())
+
+
 async def test_second_embedder_takes_over_a_killed_ones_queries_within_session_timeout(
     infra: Services, tmp_path: Path
 ) -> None:
@@ -56,10 +65,11 @@ async def test_second_embedder_takes_over_a_killed_ones_queries_within_session_t
         await asyncio.to_thread(second.start)
         try:
             async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
-                # Both members hold partitions once searches on every partition succeed.
+                # Both members hold partitions once each has forwarded a query, and the
+                # group has settled once searches on every partition succeed.
                 deadline = time.monotonic() + 60
                 streak = 0
-                while streak < 12:
+                while streak < 12 or not all([await forwarded(first), await forwarded(second)]):
                     assert time.monotonic() < deadline, "the group never settled on two members"
                     _, status = await search(client)
                     assert status in (200, 504), status
