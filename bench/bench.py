@@ -193,7 +193,8 @@ def bench_preprocess(report: Report, seconds: float) -> None:
 async def bench_store(report: Report, points: int) -> None:
     from datetime import UTC, datetime
 
-    from imgsim_indexer.store import Point, open_store
+    from imgsim_indexer.app import open_store
+    from imgsim_indexer.payload import Point
 
     with tempfile.TemporaryDirectory() as folder:
         store = open_store(QdrantSettings(path=Path(folder)), 512, {"tags": "keyword"})

@@ -31,7 +31,7 @@ import numpy as np
 
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.edge_store import EdgeStore
-from imgsim_indexer.store import Point
+from imgsim_indexer.payload import Point
 
 DIM = 512
 BATCH = 256

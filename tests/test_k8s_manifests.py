@@ -44,6 +44,7 @@ from imgsim_embedder.handlers import build_router as embedder_router
 from imgsim_embedder.settings import EmbedderSettings
 from imgsim_indexer.handlers import IndexerState
 from imgsim_indexer.handlers import build_router as indexer_router
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import VectorStore
 from tests.test_deploy_config import container_env, deployment
@@ -288,7 +289,9 @@ def subscribers(
         router = embedder_router(settings, StateHolder())
     else:
         settings = IndexerSettings()
-        router = indexer_router(settings, IndexerState(store=cast(VectorStore, None)))
+        router = indexer_router(
+            settings, IndexerState(Collections(cast(VectorStore, None), settings))
+        )
     consumers = {}
     for subscriber in router.subscribers:  # Kafka subscribers (FastStream's usecase API)
         group = getattr(subscriber, "group_id", None)

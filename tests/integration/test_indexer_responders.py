@@ -18,6 +18,7 @@ from imgsim_core.settings import KafkaSettings, ModelSettings, QdrantSettings
 from imgsim_core.topics import Header
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
 from tests.conftest import Services
 
@@ -59,7 +60,7 @@ async def test_a_search_past_its_deadline_gets_no_reply(
     store = EdgeStore(settings.qdrant, DIM)
     await store.open()
     broker = KafkaBroker(infra.bootstrap)
-    broker.include_router(build_router(settings, IndexerState(store=store)))
+    broker.include_router(build_router(settings, IndexerState(Collections(store, settings))))
     replies = AIOKafkaConsumer(
         reply_to, bootstrap_servers=infra.bootstrap, auto_offset_reset="earliest", group_id=None
     )

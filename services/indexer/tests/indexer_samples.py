@@ -9,7 +9,7 @@ import numpy as np
 
 from imgsim_core.contracts import Metadata, Vector
 from imgsim_core.settings import ModelSettings, QdrantSettings
-from imgsim_indexer.store import Point
+from imgsim_indexer.payload import Point
 
 DIM = 16
 MODEL = ModelSettings(weights="random")  # the model the handler tests' indexer holds

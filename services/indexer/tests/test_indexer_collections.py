@@ -9,9 +9,9 @@ from qdrant_client import AsyncQdrantClient
 from imgsim_indexer.app import check_model
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import StoreConfigError, StoreError
-from imgsim_indexer.handlers import IndexerState
 from imgsim_indexer.reindex import Reindexer
 from imgsim_indexer.server_store import ServerStore
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import VectorStore
 
@@ -53,9 +53,8 @@ async def test_retention_drops_the_old_collection_after_a_switch(store: VectorSt
     await new.open()
     await new.switch_alias("images_v2")
     await store.close()
-    state = IndexerState(store=new)
     settings = IndexerSettings(reindex_retention_s=0)
-    reindexer = Reindexer(settings, state)
+    reindexer = Reindexer(settings, Collections(new, settings), lambda n: physical(new, n, client))
     await reindexer._drop_later(0)  # what a switch schedules with the retention setting
     assert await new.collections() == ["images_v2"]
     status = await reindexer.status()

@@ -31,10 +31,13 @@ from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.duplicates import find_duplicates
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import RequestError
-from imgsim_indexer.handlers import IndexerState, build_router, combine
+from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.payload import Point
+from imgsim_indexer.queries import combine
 from imgsim_indexer.server_store import ServerStore
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
-from imgsim_indexer.store import Point, VectorStore
+from imgsim_indexer.store import VectorStore
 
 TOPICS = IndexerSettings().kafka.topics
 SHORT = pack_vector(np.ones(3, dtype=np.float32))  # not the index's dim
@@ -172,8 +175,8 @@ def test_examples_that_cancel_out_are_a_bad_request() -> None:
 @pytest.fixture
 async def broker(store: VectorStore) -> AsyncIterator[KafkaBroker]:
     broker = KafkaBroker()
-    state = IndexerState(store=store)
-    broker.include_router(build_router(IndexerSettings(dim=DIM, model=MODEL), state))
+    settings = IndexerSettings(dim=DIM, model=MODEL)
+    broker.include_router(build_router(settings, IndexerState(Collections(store, settings))))
     async with TestKafkaBroker(broker) as test_broker:
         yield test_broker
 

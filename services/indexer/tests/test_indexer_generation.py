@@ -23,6 +23,7 @@ from imgsim_devstack.processes import RedisServer, free_port
 from imgsim_indexer.cache import bump_generation, generation_key
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
 
 SETTINGS = IndexerSettings(dim=DIM, model=MODEL)
@@ -74,7 +75,9 @@ async def test_a_batch_that_writes_bumps_the_generation(redis: Redis, tmp_path: 
     store = EdgeStore(QdrantSettings(path=tmp_path), DIM)
     await store.open()
     broker = KafkaBroker()
-    broker.include_router(build_router(SETTINGS, IndexerState(store=store, redis=redis)))
+    broker.include_router(
+        build_router(SETTINGS, IndexerState(Collections(store, SETTINGS), redis=redis))
+    )
     event = ImageEmbedded(
         image_id="new",
         model_id=MODEL.model_id,

@@ -21,9 +21,11 @@ from imgsim_core.kafka import now_ms
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
 
-TOPICS = IndexerSettings().kafka.topics
+SETTINGS = IndexerSettings(dim=DIM, model=MODEL)
+TOPICS = SETTINGS.kafka.topics
 
 
 @pytest.fixture
@@ -31,14 +33,14 @@ async def state(tmp_path: Path) -> AsyncIterator[IndexerState]:
     store = EdgeStore(QdrantSettings(path=tmp_path), DIM)
     await store.open()
     await store.upsert([make_point(f"img-{i}", i) for i in range(10)])
-    yield IndexerState(store=store)
+    yield IndexerState(Collections(store, SETTINGS))
     await store.close()
 
 
 @pytest.fixture
 async def broker(state: IndexerState) -> AsyncIterator[KafkaBroker]:
     broker = KafkaBroker()
-    broker.include_router(build_router(IndexerSettings(dim=DIM, model=MODEL), state))
+    broker.include_router(build_router(SETTINGS, state))
     async with TestKafkaBroker(broker) as test_broker:
         yield test_broker
 
@@ -76,7 +78,7 @@ async def test_search_with_wrong_dim_replies_an_error(broker: KafkaBroker) -> No
 async def test_search_store_error_replies_store_error(
     broker: KafkaBroker, state: IndexerState
 ) -> None:
-    await state.store.close()
+    await state.collections.live.close()
 
     response = await broker.request(search_request(1), TOPICS.searches, timeout=5)
 
@@ -111,7 +113,7 @@ async def test_vectors_batch_upserts(broker: KafkaBroker, state: IndexerState) -
 
     await broker.publish(event.model_dump_json().encode(), TOPICS.vectors, key=b"new")
 
-    stored = await state.store.get("new")
+    stored = await state.collections.live.get("new")
     assert stored is not None
     assert stored.metadata == {"k": "v"}
-    assert await state.store.count() == 11
+    assert await state.collections.live.count() == 11

@@ -171,3 +171,45 @@ def test_vectors_metadata_is_held_to_the_limit_exactly() -> None:
     assert [p.image_id for p in result.upserts] == ["at"]
     assert result.dead_letter_codes == ["metadata_too_large", "metadata_too_large"]
     assert f"the limit is {limit}" in reason(result.dead_letters[0])
+
+
+def plan_models(*records: ConsumerRecord[bytes, bytes], skip: tuple[str, ...] = ()) -> Any:
+    return plan_batch(
+        records, dim=DIM, model_id="new", older_models=["old"], deadletter_topic=DEADLETTER,
+        now=NOW, skip_models=skip,
+    )  # fmt: skip
+
+
+def test_one_pass_plans_the_live_and_the_older_collections() -> None:
+    result = plan_models(
+        record(b"a", embedded("a", 1, model_id="old")),
+        record(b"a", embedded("a", 2, model_id="new")),
+        record(b"b", embedded("b", 3, model_id="old")),
+        record(b"c", embedded("c", 4, model_id="new")),
+        record(b"c", None),  # a tombstone deletes from every collection
+        record(b"d", None),
+        record(b"d", embedded("d", 5, model_id="new")),  # the old collection keeps the delete
+    )
+    assert [(p.image_id, p.model_id) for p in result.upserts] == [("a", "new"), ("d", "new")]
+    assert result.deletes == ["c"]
+    old = result.older["old"]
+    assert [(p.image_id, p.model_id) for p in old.upserts] == [("a", "old"), ("b", "old")]
+    assert sorted(old.deletes) == ["c", "d"]
+    assert result.dead_letters == []
+
+
+def test_a_model_with_no_collection_is_skipped_or_dead_lettered() -> None:
+    skipped = plan_models(record(b"a", embedded("a", model_id="next")), skip=("next",))
+    assert (skipped.skipped, skipped.dead_letters, skipped.upserts) == (1, [], [])
+    lettered = plan_models(record(b"a", embedded("a", model_id="other")))
+    assert lettered.dead_letter_codes == ["unknown_model"]
+    assert "'other'" in reason(lettered.dead_letters[0])
+    assert lettered.older["old"].upserts == []
+
+
+def test_the_model_is_judged_before_the_vector() -> None:
+    # A vector of an expected model is skipped whatever its dim: its collection judges it.
+    result = plan_models(record(b"a", embedded("a", model_id="next", dim=3)), skip=("next",))
+    assert (result.skipped, result.dead_letters) == (1, [])
+    wrong = plan_models(record(b"a", embedded("a", model_id="old", dim=3)))
+    assert wrong.dead_letter_codes == ["wrong_dim"]

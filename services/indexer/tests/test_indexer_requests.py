@@ -26,10 +26,12 @@ from imgsim_core.kafka import now_ms
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.payload import Point
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
-from imgsim_indexer.store import Point
 
-TOPICS = IndexerSettings().kafka.topics
+SETTINGS = IndexerSettings(dim=DIM, model=MODEL)
+TOPICS = SETTINGS.kafka.topics
 
 
 class AckedProducer:
@@ -57,14 +59,14 @@ async def state(tmp_path: Path) -> AsyncIterator[IndexerState]:
     store = EdgeStore(QdrantSettings(path=tmp_path), DIM, payload_indexes={"tags": "keyword"})
     await store.open()
     await store.upsert([located(f"img-{i}", i, partition=i % 3, offset=100 + i) for i in range(10)])
-    yield IndexerState(store=store, deadletter_producer=AckedProducer())
+    yield IndexerState(Collections(store, SETTINGS), deadletter_producer=AckedProducer())
     await store.close()
 
 
 @pytest.fixture
 async def broker(state: IndexerState) -> AsyncIterator[KafkaBroker]:
     broker = KafkaBroker()
-    broker.include_router(build_router(IndexerSettings(dim=DIM, model=MODEL), state))
+    broker.include_router(build_router(SETTINGS, state))
     async with TestKafkaBroker(broker) as test_broker:
         yield test_broker
 
@@ -208,7 +210,7 @@ async def test_vectors_of_another_model_become_counted_dead_letters(
 
     await broker.publish(event.model_dump_json().encode(), TOPICS.vectors, key=b"alien")
 
-    assert await state.store.get("alien") is None
+    assert await state.collections.live.get("alien") is None
     assert deadletters("unknown_model") == before + 1
     producer = state.deadletter_producer
     assert isinstance(producer, AckedProducer)

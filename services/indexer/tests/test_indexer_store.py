@@ -9,10 +9,11 @@ from indexer_samples import DIM, edge_settings, make_point, unit_vector
 from qdrant_client import AsyncQdrantClient
 
 from imgsim_core.settings import QdrantSettings
+from imgsim_indexer.app import open_store
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import StoreConfigError, StoreNotOpenError
 from imgsim_indexer.server_store import ServerStore
-from imgsim_indexer.store import VectorStore, open_store
+from imgsim_indexer.store import VectorStore
 
 
 async def test_upsert_then_search_finds_itself_first(store: VectorStore) -> None:

@@ -45,7 +45,6 @@ from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
 from faststream.kafka.message import KafkaMessage as RawKafkaMessage
 from prometheus_client import Counter
-from pydantic import ValidationError
 
 from imgsim_core.contracts import (
     Crop,
@@ -68,12 +67,11 @@ from imgsim_core.kafka import (
     decode_key,
     decode_metadata,
     header,
-    now_ms,
-    past_deadline,
     produce_all,
     produced_headers,
     safe_batch_parser,
 )
+from imgsim_core.responders import BadRequestError, decode_request
 from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import CONTRACT_VERSION, Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
@@ -353,16 +351,6 @@ async def raw_body(message: RawKafkaMessage) -> bytes:
     return message.body
 
 
-def describe(exc: ValidationError) -> str:
-    """A short, input-free account of why a body is not a valid query."""
-    problems = [
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-        for err in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
-    return "malformed query: " + "; ".join(problems[:5]) + more
-
-
 def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter:
     topics = settings.kafka.topics
     limits = settings.limits
@@ -428,9 +416,6 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         ),
     )
     async def on_query(body: bytes, message: KafkaMessage, broker: KafkaBroker) -> None:
-        if past_deadline(message.headers):  # before parsing the image: it costs nothing
-            QUERIES.labels("expired").inc()
-            return
         forward = {Header.CONTRACT: CONTRACT_VERSION}
         if deadline := message.headers.get(Header.DEADLINE):
             forward[Header.DEADLINE] = str(deadline)
@@ -446,12 +431,12 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
                     headers=forward,
                 )
 
-        try:
-            query = SearchRequested.model_validate_json(body)
-        except ValidationError as exc:
-            await reply_error(describe(exc), ErrorCode.BAD_REQUEST)
+        try:  # the deadline header is read before the image is parsed: it costs nothing
+            query = decode_request(message.headers, body, SearchRequested)
+        except BadRequestError as exc:
+            await reply_error(exc.reason, exc.code)
             return
-        if query.deadline_ms < now_ms():
+        if query is None:
             QUERIES.labels("expired").inc()
             log.debug("dropping query %s: its deadline has passed", message.correlation_id)
             return

@@ -21,15 +21,37 @@ from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
 from imgsim_core.lag import ConsumerLag
 from imgsim_core.liveness import Liveness
 from imgsim_core.redisclient import make_redis
+from imgsim_core.settings import QdrantSettings
 from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
+from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import StoreConfigError
 from imgsim_indexer.handlers import IndexerState, build_router
+from imgsim_indexer.payload import PayloadIndexes
 from imgsim_indexer.reindex import Reindexer
+from imgsim_indexer.server_store import ServerStore
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
-from imgsim_indexer.store import VectorStore, open_store
+from imgsim_indexer.store import VectorStore
 
 log = logging.getLogger(__name__)
+
+
+def open_store(
+    settings: QdrantSettings,
+    dim: int,
+    payload_indexes: PayloadIndexes | None = None,
+    *,
+    physical: str | None = None,
+) -> VectorStore:
+    """The server store when ``settings.url`` is set, else Qdrant Edge at ``settings.path``;
+    ``physical`` opens that real collection instead of the one the alias names.
+
+    Nothing is opened yet: call ``await store.open()`` (the app's lifespan does).
+    """
+    if settings.url:
+        return ServerStore(settings, dim, payload_indexes=payload_indexes, physical=physical)
+    return EdgeStore(settings, dim, payload_indexes=payload_indexes, physical=physical)
 
 
 async def check_model(store: VectorStore, model_id: str) -> None:
@@ -45,8 +67,16 @@ async def check_model(store: VectorStore, model_id: str) -> None:
 
 
 def create_app(settings: IndexerSettings) -> FastStream:
-    state = IndexerState(store=open_store(settings.qdrant, settings.dim, settings.payload_indexes))
-    reindexer = state.reindexer = Reindexer(settings, state)
+    store = open_store(settings.qdrant, settings.dim, settings.payload_indexes)
+    collections = Collections(store, settings)
+
+    def open_collection(physical: str) -> VectorStore:
+        return open_store(
+            settings.qdrant, settings.dim, settings.payload_indexes, physical=physical
+        )
+
+    reindexer = Reindexer(settings, collections, open_collection)
+    state = IndexerState(collections, reindexer)
     liveness = Liveness()
     broker = KafkaBroker(
         settings.kafka.bootstrap_servers,
@@ -60,9 +90,9 @@ def create_app(settings: IndexerSettings) -> FastStream:
     async def lifespan() -> AsyncIterator[None]:
         state.started_at = datetime.now(UTC)
         await ensure_topics(settings.kafka)
-        await state.store.open()
+        await store.open()
         try:
-            await check_model(state.store, settings.model.model_id)
+            await check_model(store, settings.model.model_id)
             producer = make_producer(settings.kafka, linger_ms=settings.kafka.bulk_linger_ms)
             await producer.start()
             redis = make_redis(settings.redis)  # connects on first use; may be down
@@ -72,8 +102,8 @@ def create_app(settings: IndexerSettings) -> FastStream:
                 serve_metrics(settings.metrics_port, settings.metrics_host, liveness)
                 log.info(
                     "indexer ready: %s collection %s, model %s",
-                    state.store.name,
-                    state.store.collection,
+                    store.name,
+                    store.collection,
                     settings.model.model_id,
                 )
                 yield
@@ -84,7 +114,7 @@ def create_app(settings: IndexerSettings) -> FastStream:
                 await producer.stop()
         finally:
             await reindexer.stop()
-            await state.store.close()
+            await collections.live.close()
 
     app = FastStream(broker, lifespan=lifespan)
     app.after_startup(lag.start)

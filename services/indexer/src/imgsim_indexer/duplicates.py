@@ -28,7 +28,8 @@ from imgsim_core.contracts import (
     DuplicatesRequested,
     point_id,
 )
-from imgsim_indexer.store import Scanned, VectorStore
+from imgsim_indexer.payload import Scanned
+from imgsim_indexer.store import VectorStore
 
 # Points one page scans at most, however few groups it found (bounds a page's time).
 SCAN_PAGE = 512

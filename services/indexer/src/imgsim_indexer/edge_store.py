@@ -49,7 +49,7 @@ from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.errors import RequestError, StoreConfigError, StoreError, StoreNotOpenError
 from imgsim_indexer.filters import Between, Clause, Match, MatchAny, clauses, metadata_path
-from imgsim_indexer.store import (
+from imgsim_indexer.payload import (
     CONTENT_SHA256,
     IMAGE_ID,
     SCAN_FIELDS,
@@ -58,12 +58,13 @@ from imgsim_indexer.store import (
     Point,
     Scanned,
     StoredImage,
-    collection_version,
     hit_from_payload,
     scanned,
-    stored_from_payload,
+    stored_or_none,
     to_payload,
+    vector_or_none,
 )
+from imgsim_indexer.store import check_droppable, collection_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -197,23 +198,18 @@ class EdgeStore:
     async def get(self, image_id: str) -> StoredImage | None:
         ids: list[qe.PointId] = [point_id(image_id)]
         records = await self._call(lambda: self._opened().retrieve(ids, True, False))
-        if not records or records[0].payload is None:
-            return None
-        return stored_from_payload(records[0].payload)
+        return stored_or_none(records[0].payload if records else None)
 
     async def sample_model(self) -> str | None:
         request = qe.ScrollRequest(limit=1, with_payload=True, with_vector=False)
         records, _ = await self._call(lambda: self._opened().scroll(request))
-        if not records or records[0].payload is None:
-            return None
-        return stored_from_payload(records[0].payload).model_id
+        stored = stored_or_none(records[0].payload if records else None)
+        return None if stored is None else stored.model_id
 
     async def get_vector(self, image_id: str) -> Vector | None:
         ids: list[qe.PointId] = [point_id(image_id)]
         records = await self._call(lambda: self._opened().retrieve(ids, False, True))
-        if not records or not isinstance(records[0].vector, list):
-            return None
-        return np.asarray(records[0].vector, dtype=np.float32)
+        return vector_or_none(records[0].vector if records else None)
 
     # -- the executor side ---------------------------------------------------------------
 
@@ -280,8 +276,7 @@ class EdgeStore:
         await asyncio.to_thread(_write_atomically, self.root / CURRENT_FILE, physical)
 
     async def drop_collection(self, physical: str) -> None:
-        if physical in {self.current, await self.aliased()}:
-            raise StoreError(f"{physical} is in use and cannot be dropped")
+        check_droppable(physical, self.current, await self.aliased())
         await asyncio.to_thread(shutil.rmtree, self.root / physical)
 
     def _ensure_payload_indexes(self, shard: qe.EdgeShard) -> None:

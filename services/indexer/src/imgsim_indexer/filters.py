@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from imgsim_core.contracts import Condition, Range, Scalar
 from imgsim_indexer.errors import BadFilterError
-from imgsim_indexer.store import METADATA
+from imgsim_indexer.payload import METADATA
 
 # Qdrant's integers are int64.
 _INT64 = range(-(2**63), 2**63)

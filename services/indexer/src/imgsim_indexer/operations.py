@@ -5,8 +5,9 @@ without I/O, so every rule is unit-testable:
 
 - key = image id (:func:`imgsim_core.kafka.decode_key`); a null value (tombstone) deletes;
 - any other value must be :class:`~imgsim_core.contracts.ImageEmbedded` JSON whose
-  ``image_id`` equals the key, whose ``model_id`` is the collection's one model (vectors
-  of different models never mix) and whose vector has the index's dimension, finite and
+  ``image_id`` equals the key, whose ``model_id`` is the live collection's model or one
+  of ``older_models`` (each collection holds one model's vectors: they never mix; one
+  pass plans them all) and whose vector has the index's dimension, finite and
   non-zero (cosine needs a norm);
 - a record that breaks a rule becomes a dead letter ``"<code>: <why>"`` (the codes are
   also in :attr:`BatchPlan.dead_letter_codes`, for metrics) and the rest of the batch
@@ -16,6 +17,8 @@ without I/O, so every rule is unit-testable:
 - a vector of a model in ``skip_models`` is skipped silently: during and after a model
   change the old and the new embedder both produce, and each collection keeps its own
   model's vectors (:mod:`imgsim_indexer.reindex`);
+- the model is checked in :func:`plan_batch` itself, before the vector's rules
+  (:func:`_point`), so no exception steers between collections;
 - within one batch the last operation per image id wins (Kafka keeps order per key, and
   records of different keys are independent, so deletes and upserts of one plan can be
   applied in any order).
@@ -41,27 +44,27 @@ from imgsim_core.kafka import (
     encode_metadata,
 )
 from imgsim_core.settings import ImageLimits
-from imgsim_indexer.store import Point
+from imgsim_indexer.payload import Point
+
+
+@dataclass(slots=True)
+class Writes:
+    """What one collection gets of a batch."""
+
+    upserts: list[Point] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class BatchPlan:
     """The store operations and dead letters of one batch."""
 
-    upserts: list[Point] = field(default_factory=list)
+    upserts: list[Point] = field(default_factory=list)  # the live model's collection
     deletes: list[str] = field(default_factory=list)
+    older: dict[str, Writes] = field(default_factory=dict)  # older model → its collection's
     dead_letters: list[OutRecord] = field(default_factory=list)
     dead_letter_codes: list[str] = field(default_factory=list)  # one per dead letter
     skipped: int = 0  # vectors of a model in skip_models
-
-
-class _OtherModelError(EventError):
-    def __init__(self, model_id: str, expected: str) -> None:
-        super().__init__(
-            "unknown_model",
-            f"the vector comes from model {model_id!r}, the index holds {expected!r}",
-        )
-        self.model_id = model_id
 
 
 def plan_batch(
@@ -71,57 +74,66 @@ def plan_batch(
     model_id: str,
     deadletter_topic: str,
     now: datetime,
+    older_models: Collection[str] = (),
     skip_models: Collection[str] = (),
     dead_letters: bool = True,
     max_metadata_bytes: int = ImageLimits().max_metadata_bytes,
 ) -> BatchPlan:
     """Upserts, deletes and dead letters for ``records`` (in offset order per partition).
 
-    ``dead_letters=False`` skips bad records without making dead letters: for a second
-    pass over records that the live pass already judged (a reindex, an older model).
+    Vectors of ``model_id`` go to :attr:`BatchPlan.upserts`, those of an ``older_models``
+    model to :attr:`BatchPlan.older` (the collections a model change keeps, see
+    :mod:`imgsim_indexer.reindex`); a tombstone deletes from every one of them; the last
+    operation per image id wins in each collection. ``dead_letters=False`` skips bad
+    records without making dead letters: for a pass over records that the live consumer
+    already judged (a reindex).
     """
-    last: dict[str, Point | None] = {}  # image id → its last operation (None = delete)
+    models = [model_id, *older_models]
+    last: dict[str, dict[str, Point | None]] = {m: {} for m in models}  # None = delete
     plan = BatchPlan()
+
+    def reject(record: ConsumerRecord[Any, Any], code: str, message: str) -> None:
+        if not dead_letters:
+            plan.skipped += 1
+            return
+        plan.dead_letters.append(dead_letter_record(deadletter_topic, record, f"{code}: {message}"))
+        plan.dead_letter_codes.append(code)
+
     for record in records:
         try:
-            image_id, point = _operation(
-                record, dim=dim, model_id=model_id, now=now, max_metadata_bytes=max_metadata_bytes
-            )
-        except _OtherModelError as exc:
-            if exc.model_id in skip_models or not dead_letters:
-                plan.skipped += 1
+            image_id, event = _event(record)
+            if event is None:
+                for ops in last.values():
+                    ops[image_id] = None
                 continue
-            plan.dead_letters.append(
-                dead_letter_record(deadletter_topic, record, f"{exc.code}: {exc.message}")
+            if event.model_id not in last:
+                if event.model_id in skip_models:
+                    plan.skipped += 1
+                else:
+                    reject(record, "unknown_model", f"the vector comes from model "
+                           f"{event.model_id!r}, the index holds {model_id!r}")  # fmt: skip
+                continue
+            last[event.model_id][image_id] = _point(
+                event, dim=dim, now=now, max_metadata_bytes=max_metadata_bytes
             )
-            plan.dead_letter_codes.append(exc.code)
-            continue
         except EventError as exc:
-            if not dead_letters:
-                plan.skipped += 1
-                continue
-            plan.dead_letters.append(
-                dead_letter_record(deadletter_topic, record, f"{exc.code}: {exc.message}")
-            )
-            plan.dead_letter_codes.append(exc.code)
-            continue
-        last[image_id] = point
-    for image_id, op in last.items():
-        if op is None:
-            plan.deletes.append(image_id)
+            reject(record, exc.code, exc.message)
+    for model, ops in last.items():
+        writes = Writes()
+        for image_id, op in ops.items():
+            if op is None:
+                writes.deletes.append(image_id)
+            else:
+                writes.upserts.append(op)
+        if model == model_id:
+            plan.upserts, plan.deletes = writes.upserts, writes.deletes
         else:
-            plan.upserts.append(op)
+            plan.older[model] = writes
     return plan
 
 
-def _operation(
-    record: ConsumerRecord[Any, Any],
-    *,
-    dim: int,
-    model_id: str,
-    now: datetime,
-    max_metadata_bytes: int,
-) -> tuple[str, Point | None]:
+def _event(record: ConsumerRecord[Any, Any]) -> tuple[str, ImageEmbedded | None]:
+    """The image id and the event of a record (None: a tombstone)."""
     image_id = decode_key(record.key)
     if record.value is None:
         return image_id, None
@@ -135,8 +147,11 @@ def _operation(
         raise EventError(
             "key_mismatch", f"key {image_id!r} differs from the event's {event.image_id!r}"
         )
-    if event.model_id != model_id:
-        raise _OtherModelError(event.model_id, model_id)
+    return image_id, event
+
+
+def _point(event: ImageEmbedded, *, dim: int, now: datetime, max_metadata_bytes: int) -> Point:
+    """The point of an event of a known model; raises EventError when it breaks a rule."""
     if event.dim != dim:
         raise EventError("wrong_dim", f"the vector has dim {event.dim}, the index expects {dim}")
     try:
@@ -157,8 +172,8 @@ def _operation(
             "metadata_too_large",
             f"the metadata is {size} bytes of JSON; the limit is {max_metadata_bytes}",
         )
-    return image_id, Point(
-        image_id=image_id,
+    return Point(
+        image_id=event.image_id,
         vector=vector,
         model_id=event.model_id,
         metadata=event.metadata,

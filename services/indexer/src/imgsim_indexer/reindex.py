@@ -19,14 +19,21 @@ How it works:
    live collection skips them. After the switch the old model's collection stays open
    and keeps taking the old model's vectors, so queries still embedded by the old model
    get right answers until the queries move to the new model and it is dropped.
-4. Once the replay has passed the snapshot, it takes the live consumer's write lock and
-   checks that it has read at least as far as the live consumer has written on every
-   partition; then it moves the alias (Edge: the CURRENT pointer; server: one atomic
-   alias operation) and hands the new collection to the live handlers. The live consumer
+4. Once the replay has passed the snapshot, :meth:`Collections.switch
+   <imgsim_indexer.serving.Collections.switch>` checks, between two live batches, that
+   it has read at least as far as the live consumer has written on every partition;
+   then it moves the alias (Edge: the CURRENT pointer; server: one atomic alias
+   operation) and makes the new collection the live one. The live consumer
    may then re-apply a few records the replay already applied — in the same order, so
    the result is the same.
 5. The old collection is kept until ``drop_old`` (``imgsim reindex --drop-old``) or
    until ``INDEXER_REINDEX_RETENTION_S`` has passed after the switch.
+
+The reindex reads and changes the live side only through
+:class:`~imgsim_indexer.serving.Collections`, and opens its new collection with the
+``open_collection`` the app gives it, so it knows neither handler nor store class; it
+uses only aiokafka's public API (the topic's partitions come from the live consumer's
+metadata).
 
 Scope: one indexer instance runs the whole reindex, and step 4 compares the replay with
 *its* live consumer. So the instance must consume every partition of the vectors topic:
@@ -46,40 +53,33 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from imgsim_core.contracts import ReindexStatus
 from imgsim_indexer.errors import ReindexRefusedError, StoreError
 from imgsim_indexer.operations import plan_batch
+from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
-from imgsim_indexer.store import VectorStore, collection_version, open_store
+from imgsim_indexer.store import VectorStore, collection_version
 
 log = logging.getLogger(__name__)
 
 
-class LiveIndex(Protocol):
-    """What the live vectors handler shares with a reindex."""
-
-    store: VectorStore  # the collection searches and live writes go to
-    lock: asyncio.Lock  # held by the live handler while it applies a batch
-    positions: dict[TopicPartition, int]  # next offset after what it applied, per partition
-    model_id: str  # the model of the live collection
-    skip_models: set[str]  # vectors of these models are skipped by the live consumer
-    previous: dict[str, VectorStore]  # collections of earlier models, still searchable
-
-    def held(self) -> tuple[set[int], set[int] | None]:
-        """Partitions of the vectors topic the live consumer holds, and all of them
-        (None while it has no metadata yet)."""
-        ...
+StoreOpener = Callable[[str], VectorStore]  # a real collection's name → its store, not open
 
 
 class Reindexer:
-    def __init__(self, settings: IndexerSettings, live: LiveIndex) -> None:
+    """Runs one reindex at a time into a collection that ``open_collection`` makes."""
+
+    def __init__(
+        self, settings: IndexerSettings, collections: Collections, open_collection: StoreOpener
+    ) -> None:
         self.settings = settings
-        self.live = live
+        self.collections = collections
+        self._open_collection = open_collection
         self._task: asyncio.Task[None] | None = None
         self._dropper: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -89,12 +89,12 @@ class Reindexer:
 
     @property
     def _changes_model(self) -> bool:
-        return self._model != self.live.model_id
+        return self._model != self.collections.model_id
 
     # -- commands -------------------------------------------------------------------------
 
     async def status(self) -> ReindexStatus:
-        store = self.live.store
+        store = self.collections.live
         current = await store.aliased() or store.collection
         old = [c for c in await store.collections() if c not in {current, self._status.target}]
         processed, total = self._status.processed, self._status.total
@@ -116,18 +116,13 @@ class Reindexer:
         if self._task is not None and not self._task.done():
             return await self.status()
         self._check_sole_consumer()
-        self._model = model_id or self.live.model_id
-        store = self.live.store
+        self._model = model_id or self.collections.model_id
+        store = self.collections.live
         existing = await store.collections()
         current = await store.aliased() or store.collection
         version = max([collection_version(c) for c in [*existing, current]] + [0]) + 1
         target_name = f"{self.settings.qdrant.collection}_v{version}"
-        target = open_store(
-            self.settings.qdrant,
-            self.settings.dim,
-            self.settings.payload_indexes,
-            physical=target_name,
-        )
+        target = self._open_collection(target_name)
         await target.open()
         self._started = time.monotonic()
         self._status = ReindexStatus(
@@ -138,21 +133,18 @@ class Reindexer:
             model_id=self._model,
             started_at=datetime.now(UTC),
         )
-        if self._changes_model:
-            # The new model's vectors go to the new collection only; the live one keeps
-            # its model and skips them instead of dead-lettering them.
-            self.live.skip_models.add(self._model)
+        # The new model's vectors go to the new collection only; the live one keeps its
+        # model and skips them instead of dead-lettering them.
+        self.collections.expect(self._model)
         self._task = asyncio.create_task(self._run(target), name=f"reindex-{target_name}")
         log.info("reindex started: %s → %s", current, target_name)
         return await self.status()
 
     async def drop_old(self) -> ReindexStatus:
-        store = self.live.store
+        store = self.collections.live
         current = await store.aliased() or store.collection
         keep = {current, store.current, self._status.target if self._running else None}
-        for model_id, previous in list(self.live.previous.items()):
-            del self.live.previous[model_id]
-            await previous.close()
+        await self.collections.close_older()
         dropped = []
         for name in await store.collections():
             if name not in keep:
@@ -190,14 +182,13 @@ class Reindexer:
 
     def _fail(self, error: str) -> None:
         if self._changes_model:
-            self.live.skip_models.discard(self._model)
+            self.collections.forget(self._model)
         self._status = self._status.model_copy(
             update={"state": "failed", "error": error, "finished_at": datetime.now(UTC)}
         )
 
     async def _replay(self, target: VectorStore) -> bool:
         settings = self.settings
-        topic = settings.kafka.topics.vectors
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka.bootstrap_servers,
             group_id=f"{settings.group_id}-reindex-{target.current}",
@@ -206,7 +197,7 @@ class Reindexer:
         )
         await consumer.start()
         try:
-            partitions = await _partitions(consumer, topic)
+            partitions = self._partitions()
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             begins = await consumer.beginning_offsets(partitions)
@@ -239,23 +230,13 @@ class Reindexer:
 
     async def _switch(self, target: VectorStore, positions: dict[TopicPartition, int]) -> bool:
         """Move the alias if the replay is as far as the live writes; else keep replaying."""
-        if self._changes_model and await target.count() < await self.live.store.count():
+        if self._changes_model and await target.count() < await self.collections.live.count():
             return False  # the new model's embedder has not re-embedded every image yet
-        async with self.live.lock:
-            self._check_sole_consumer()  # the group may have grown since the start
-            behind = [p for p, live in self.live.positions.items() if positions.get(p, 0) < live]
-            if behind:
-                return False
-            assert target.current is not None
-            self._set(state="switching")
-            await target.switch_alias(target.current)
-            old, self.live.store = self.live.store, target
-            if self._changes_model:
-                old_model, self.live.model_id = self.live.model_id, self._model
-                self.live.previous[old_model] = old  # searchable by old-model queries
-                self.live.skip_models.discard(self._model)
-                self.live.skip_models.add(old_model)
-        if old not in self.live.previous.values():
+        self._check_sole_consumer()  # the group may have grown since the start
+        old = await self.collections.switch(target, self._model, positions)
+        if old is None:
+            return False  # the live writes are ahead: keep replaying
+        if old not in self.collections.older.values():
             # Searches that picked up the old store just before the switch may still use it.
             self._closer = asyncio.create_task(_close_later(old, 5.0))
         self._set(state="done", finished_at=datetime.now(UTC))
@@ -273,7 +254,7 @@ class Reindexer:
             log.exception("dropping old collections after retention failed")
 
     def _check_sole_consumer(self) -> None:
-        held, every = self.live.held()
+        held, every = self.collections.held()
         topic = self.settings.kafka.topics.vectors
         if every is None:
             raise ReindexRefusedError(
@@ -287,6 +268,13 @@ class Reindexer:
                 "(infra/k8s/qdrant-server-scaled: the reindex Job does), then start it again"
             )
 
+    def _partitions(self) -> list[TopicPartition]:
+        """Every partition of the vectors topic, as the live consumer's metadata knows
+        them (``start`` checked that it has them)."""
+        _, every = self.collections.held()
+        topic = self.settings.kafka.topics.vectors
+        return [TopicPartition(topic, p) for p in sorted(every or ())]
+
     def _set(self, **changes: object) -> None:
         self._status = self._status.model_copy(update=changes)
 
@@ -296,11 +284,3 @@ async def _close_later(store: VectorStore, after_s: float) -> None:
         await asyncio.sleep(after_s)
     finally:
         await store.close()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The topic's partitions; refreshes the consumer's metadata when it has none yet
-    (``consumer.topics()`` fetches metadata but does not store it)."""
-    if not consumer.partitions_for_topic(topic):
-        await consumer._client.force_metadata_update()  # aiokafka has no public call for it
-    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

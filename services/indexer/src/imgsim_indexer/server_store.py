@@ -33,7 +33,6 @@ import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 
-import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
@@ -41,7 +40,7 @@ from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.errors import StoreConfigError, StoreError, StoreNotOpenError
 from imgsim_indexer.filters import Between, Clause, Match, MatchAny, clauses, metadata_path
-from imgsim_indexer.store import (
+from imgsim_indexer.payload import (
     CONTENT_SHA256,
     IMAGE_ID,
     SCAN_FIELDS,
@@ -50,12 +49,13 @@ from imgsim_indexer.store import (
     Point,
     Scanned,
     StoredImage,
-    collection_version,
     hit_from_payload,
     scanned,
-    stored_from_payload,
+    stored_or_none,
     to_payload,
+    vector_or_none,
 )
+from imgsim_indexer.store import check_droppable, collection_version
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,7 @@ class ServerStore:
             await self._opened().update_collection_aliases(change_aliases_operations=operations)
 
     async def drop_collection(self, physical: str) -> None:
-        if physical in {self.current, await self.aliased()}:
-            raise StoreError(f"{physical} is in use and cannot be dropped")
+        check_droppable(physical, self.current, await self.aliased())
         async with self._errors("drop collection"):
             await self._opened().delete_collection(physical)
 
@@ -295,27 +294,22 @@ class ServerStore:
             records = await self._opened().retrieve(
                 self._target, ids=[point_id(image_id)], with_payload=True, with_vectors=False
             )
-        if not records or records[0].payload is None:
-            return None
-        return stored_from_payload(records[0].payload)
+        return stored_or_none(records[0].payload if records else None)
 
     async def sample_model(self) -> str | None:
         async with self._errors("scroll"):
             records, _ = await self._opened().scroll(
                 self._target, limit=1, with_payload=True, with_vectors=False
             )
-        if not records or records[0].payload is None:
-            return None
-        return stored_from_payload(records[0].payload).model_id
+        stored = stored_or_none(records[0].payload if records else None)
+        return None if stored is None else stored.model_id
 
     async def get_vector(self, image_id: str) -> Vector | None:
         async with self._errors("get_vector"):
             records = await self._opened().retrieve(
                 self._target, ids=[point_id(image_id)], with_payload=False, with_vectors=True
             )
-        if not records or not isinstance(records[0].vector, list):
-            return None
-        return np.asarray(records[0].vector, dtype=np.float32)
+        return vector_or_none(records[0].vector if records else None)
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -2,18 +2,20 @@
 
 Two implementations speak it: :class:`~imgsim_indexer.edge_store.EdgeStore` (embedded
 Qdrant Edge on disk, the default) and :class:`~imgsim_indexer.server_store.ServerStore`
-(a Qdrant server or cluster); :func:`open_store` picks one from the settings.
+(a Qdrant server or cluster); :func:`imgsim_indexer.app.open_store` picks one from the
+settings. The interface is two parts: :class:`PointStore` (one collection's points: what
+the handlers use) and :class:`Aliases` (the real collections behind the name and the
+alias between them: what a reindex uses); :class:`VectorStore` is both.
+
+Module tree: :mod:`~imgsim_indexer.payload` (the schema) ← :mod:`~imgsim_indexer.filters`
+← the two stores ← ``app``; this module imports only the payload types; the stores take its two
+helpers and meet its protocols structurally.
 
 Decisions shared by both:
 
 - The point id is :func:`imgsim_core.contracts.point_id` (UUIDv5 of the image id), so a
   redelivered event overwrites, never duplicates.
-- The payload is ``{"image_id", "model_id", "metadata": {...}, "indexed_at": ISO-8601,
-  "source_partition", "source_offset", "content_sha256"}`` (the images-topic record the
-  vector came from, so a writer can wait until its own write is indexed, and the SHA-256
-  of its bytes, keyword-indexed, for exact duplicates); a search always reads
-  ``image_id`` (a UUIDv5 cannot be reversed) and reads the rest only when the caller
-  wants metadata.
+- The payload is :mod:`imgsim_indexer.payload`'s.
 - Searches take a metadata ``filter`` (see :mod:`imgsim_indexer.filters`) and image ids
   to leave out; ``open`` creates the payload indexes ``metadata.<key>`` it is given
   (idempotent, also on an existing collection).
@@ -21,72 +23,27 @@ Decisions shared by both:
 - ``upsert`` and ``delete`` return once the write is durable, so the caller may commit
   the Kafka offsets of the records it applied.
 - The store is reached through its ``collection`` name, which is an alias (server) or a
-  pointer (Edge) to a versioned real collection, so a reindex can build a new one and
-  switch later.
+  pointer (Edge) to a versioned real collection ``<collection>_v<N>``, so a reindex can
+  build a new one and switch later; a collection in use is never dropped
+  (:func:`check_droppable`).
+- The filter translation stays in each store: the clauses are store-neutral
+  (:mod:`~imgsim_indexer.filters`), and what is left is the rendering into each client's
+  own classes, which share no types.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
-
-from imgsim_core.contracts import Condition, Metadata, Vector
-from imgsim_core.settings import QdrantSettings
+from imgsim_core.contracts import Condition, Vector
+from imgsim_indexer.errors import StoreError
+from imgsim_indexer.payload import Hit, Point, Scanned, StoredImage
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    """One image's vector and payload, as written to the store."""
-
-    image_id: str
-    vector: Vector
-    model_id: str
-    metadata: Metadata
-    indexed_at: datetime
-    source_partition: int | None = None
-    source_offset: int | None = None
-    content_sha256: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One search result; ``metadata`` and ``vector`` are None when not asked for."""
-
-    image_id: str
-    score: float
-    metadata: Metadata | None
-    vector: Vector | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Scanned:
-    """One point of a scan in point-id order: what a duplicates search needs of it."""
-
-    image_id: str
-    point_id: str
-    vector: Vector
-    content_sha256: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredImage:
-    """What the store holds about an image (without its vector)."""
-
-    image_id: str
-    model_id: str
-    metadata: Metadata
-    indexed_at: datetime
-    source_partition: int | None = None
-    source_offset: int | None = None
-    content_sha256: str | None = None
-
-
-class VectorStore(Protocol):
-    """The vector store as the indexer sees it. Every method may raise ``StoreError``."""
+class PointStore(Protocol):
+    """One collection's points, as the indexer reads and writes them. Every method may
+    raise ``StoreError``."""
 
     name: str  # "qdrant-edge" or "qdrant-server"
     collection: str  # the name searches and writes go through (alias or pointer)
@@ -142,6 +99,16 @@ class VectorStore(Protocol):
         """The model id of any one stored point (None when the collection is empty)."""
         ...
 
+    async def get_vector(self, image_id: str) -> Vector | None:
+        """The stored vector of an image, or None when it is not indexed."""
+
+
+class Aliases(Protocol):
+    """The real collections behind a store's name, and the alias that picks one."""
+
+    collection: str
+    current: str | None
+
     async def collections(self) -> list[str]:
         """The real collections of this store's name, oldest first."""
         ...
@@ -158,18 +125,9 @@ class VectorStore(Protocol):
         """Remove a real collection that the alias does not point at."""
         ...
 
-    async def get_vector(self, image_id: str) -> Vector | None:
-        """The stored vector of an image, or None when it is not indexed."""
 
-
-# The payload's field names (also the names a payload index or filter would use).
-IMAGE_ID = "image_id"
-MODEL_ID = "model_id"
-METADATA = "metadata"
-INDEXED_AT = "indexed_at"
-SOURCE_PARTITION = "source_partition"
-SOURCE_OFFSET = "source_offset"
-CONTENT_SHA256 = "content_sha256"
+class VectorStore(PointStore, Aliases, Protocol):
+    """A store as the indexer opens it: its points and its collections."""
 
 
 def collection_version(name: str) -> int:
@@ -178,70 +136,7 @@ def collection_version(name: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def to_payload(point: Point) -> dict[str, Any]:
-    return {
-        IMAGE_ID: point.image_id,
-        MODEL_ID: point.model_id,
-        METADATA: point.metadata,
-        INDEXED_AT: point.indexed_at.isoformat(),
-        SOURCE_PARTITION: point.source_partition,
-        SOURCE_OFFSET: point.source_offset,
-        CONTENT_SHA256: point.content_sha256,
-    }
-
-
-def stored_from_payload(payload: dict[str, Any]) -> StoredImage:
-    return StoredImage(
-        image_id=payload[IMAGE_ID],
-        model_id=payload[MODEL_ID],
-        metadata=payload.get(METADATA) or {},
-        indexed_at=datetime.fromisoformat(payload[INDEXED_AT]),
-        source_partition=payload.get(SOURCE_PARTITION),
-        source_offset=payload.get(SOURCE_OFFSET),
-        content_sha256=payload.get(CONTENT_SHA256),
-    )
-
-
-def hit_from_payload(
-    payload: dict[str, Any], score: float, *, with_metadata: bool, vector: Any = None
-) -> Hit:
-    metadata = (payload.get(METADATA) or {}) if with_metadata else None
-    array = np.asarray(vector, dtype=np.float32) if isinstance(vector, list) else None
-    return Hit(image_id=payload[IMAGE_ID], score=float(score), metadata=metadata, vector=array)
-
-
-def scanned(point_id: Any, payload: dict[str, Any] | None, vector: Any) -> Scanned:
-    return Scanned(
-        image_id=(payload or {})[IMAGE_ID],
-        point_id=str(point_id),
-        vector=np.asarray(vector, dtype=np.float32),
-        content_sha256=(payload or {}).get(CONTENT_SHA256),
-    )
-
-
-# Payload fields a scan or a search reads besides the metadata.
-SCAN_FIELDS = [IMAGE_ID, CONTENT_SHA256]
-
-
-PayloadIndexes = Mapping[str, str]  # metadata key → "keyword" | "integer" | "float" | "bool"
-
-
-def open_store(
-    settings: QdrantSettings,
-    dim: int,
-    payload_indexes: PayloadIndexes | None = None,
-    *,
-    physical: str | None = None,
-) -> VectorStore:
-    """The server store when ``settings.url`` is set, else Qdrant Edge at ``settings.path``.
-
-    Nothing is opened yet: call ``await store.open()`` (the app's lifespan does).
-    """
-    # Imported here: both implementations import this module's types.
-    if settings.url:
-        from imgsim_indexer.server_store import ServerStore
-
-        return ServerStore(settings, dim, payload_indexes=payload_indexes, physical=physical)
-    from imgsim_indexer.edge_store import EdgeStore
-
-    return EdgeStore(settings, dim, payload_indexes=payload_indexes, physical=physical)
+def check_droppable(physical: str, *in_use: str | None) -> None:
+    """Refuse to drop a real collection that is open or that the alias points at."""
+    if physical in in_use:
+        raise StoreError(f"{physical} is in use and cannot be dropped")
