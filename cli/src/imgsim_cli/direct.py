@@ -17,17 +17,10 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from imgsim_cli.errors import CliError, ConnectionFailed
 from imgsim_cli.responses import Metadata
 from imgsim_core.ids import ImageIdError, check_image_id
-from imgsim_core.images import ImageError, inspect_image
+from imgsim_core.images import CONTENT_TYPES, ImageError, inspect_image
 from imgsim_core.kafka import encode_metadata, make_producer, produced_headers
 from imgsim_core.settings import ImageLimits, KafkaSettings
 
-CONTENT_TYPES = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-    "BMP": "image/bmp",
-}
 SEND_TIMEOUT_S = 30.0
 
 

@@ -17,10 +17,10 @@ from indexer_samples import DIM, MODEL, make_point, unit_vector
 from redis.asyncio import Redis
 
 from imgsim_core.contracts import ImageEmbedded, pack_vector
-from imgsim_core.redisclient import make_redis
+from imgsim_core.redisclient import generation_key, make_redis
 from imgsim_core.settings import QdrantSettings, RedisSettings
 from imgsim_devstack.processes import RedisServer, free_port
-from imgsim_indexer.cache import bump_generation, generation_key
+from imgsim_indexer.cache import bump_generation
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.handlers import IndexerState, build_router
 from imgsim_indexer.serving import Collections

@@ -10,6 +10,10 @@ absolute file path (``imgsim index --id-from absolute``) is an id.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
 MAX_IMAGE_ID_LENGTH = 256
 IMAGE_ID_RULE = (
     "1-256 printable characters (no control, format or non-space separator characters); "
@@ -31,3 +35,16 @@ def check_image_id(image_id: str) -> str:
     if any(segment in ("", ".", "..") for segment in image_id.removeprefix("/").split("/")):
         raise ImageIdError("the id has an empty, '.' or '..' segment between '/'")
     return image_id
+
+
+# An image id field of a request model: the rule as a pydantic type.
+ImageId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_IMAGE_ID_LENGTH,
+        description=f"Your id for the image: {IMAGE_ID_RULE}.",
+        examples=["products/sku-1234.jpg"],
+    ),
+    AfterValidator(check_image_id),
+]

@@ -24,7 +24,15 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"GIF89a", 0, "GIF"),
     (b"BM", 0, "BMP"),
 )
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
+# The content type of each image format imgsim accepts (PIL's format names).
+CONTENT_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+}
+ALLOWED_FORMATS = frozenset(CONTENT_TYPES)
 
 
 class ImageError(ValueError):

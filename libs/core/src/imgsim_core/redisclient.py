@@ -1,4 +1,5 @@
-"""The one way the services open Redis (the gateway's caches, the indexer's generation)."""
+"""The one way the services open Redis (the gateway's caches, the indexer's generation),
+and the keys they share."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from imgsim_core.settings import RedisSettings
+
+
+def generation_key(topic_prefix: str) -> str:
+    """The result-cache generation counter: the indexer increments it after every batch
+    that changed the store, the gateway puts its value into every result key."""
+    return f"{topic_prefix}generation"
 
 
 def make_redis(settings: RedisSettings) -> Redis:

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from imgsim_core.contracts import SearchHit
+from imgsim_core.redisclient import generation_key
 from imgsim_gateway.observability import CACHE_HITS, CACHE_MISSES
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class SearchCache:
 
     @property
     def generation_key(self) -> str:
-        return f"{self.prefix}generation"
+        return generation_key(self.prefix)
 
     def _count(self, cache: str, hit: bool) -> None:
         if hit:

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from imgsim_core.images import (
+    CONTENT_TYPES,
     THUMBNAIL_FORMATS,
     ImageError,
     decoded_pixels,
@@ -42,8 +43,6 @@ from imgsim_gateway.pipeline import PixelBudget
 log = logging.getLogger(__name__)
 
 MAX_THUMBNAIL = 512
-_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
-         "BMP": "image/bmp"}  # fmt: skip
 
 
 class ContentGoneError(GatewayError):
@@ -120,7 +119,7 @@ class ContentReader:
             )
         fmt = sniff_format(record.value)
         declared = header(record.headers, Header.CONTENT_TYPE)
-        content_type = _MIME.get(fmt or "") or (declared.decode() if declared else None)
+        content_type = CONTENT_TYPES.get(fmt or "") or (declared.decode() if declared else None)
         return Content(record.value, content_type or "application/octet-stream")
 
     async def thumbnail(

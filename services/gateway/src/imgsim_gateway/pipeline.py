@@ -50,7 +50,14 @@ from imgsim_core.contracts import (
     VectorSearchRequested,
 )
 from imgsim_core.errors import IMAGE_FAULTS, ErrorCode
-from imgsim_core.images import ImageError, check_crop, decode_rgb, decoded_pixels, inspect_image
+from imgsim_core.images import (
+    CONTENT_TYPES,
+    ImageError,
+    check_crop,
+    decode_rgb,
+    decoded_pixels,
+    inspect_image,
+)
 from imgsim_core.kafka import Outage, encode_metadata, now_ms, produced_headers, send_acked
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.topics import Header
@@ -74,13 +81,6 @@ WRITES = Counter(
     ["kind"],
 )
 
-_CONTENT_TYPES = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-    "BMP": "image/bmp",
-}
 # Reply error codes that are the client's fault → HTTP errors; any other code is a 502.
 _CLIENT_ERRORS: dict[ErrorCode, type[GatewayError]] = {
     **dict.fromkeys(IMAGE_FAULTS, InvalidImageError),
@@ -266,7 +266,7 @@ class Pipeline:
             if exc.code == ErrorCode.IMAGE_TOO_LARGE:
                 raise PayloadTooLargeError(exc.message, code=exc.code) from exc
             raise InvalidImageError(exc.message, code=exc.code) from exc
-        return _CONTENT_TYPES[info.format]
+        return CONTENT_TYPES[info.format]
 
     def validate_metadata(self, metadata: Metadata) -> bytes:
         encoded = encode_metadata(metadata)

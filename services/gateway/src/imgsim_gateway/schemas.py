@@ -8,9 +8,9 @@ follows the same conventions.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imgsim_core.contracts import (
     MAX_EXAMPLES,
@@ -24,19 +24,7 @@ from imgsim_core.contracts import (
     TopK,
     Weight,
 )
-from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
-
-ImageId = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=MAX_IMAGE_ID_LENGTH,
-        description=f"Your id for the image: {IMAGE_ID_RULE}.",
-        examples=["products/sku-1234.jpg"],
-    ),
-    AfterValidator(check_image_id),
-]
-
+from imgsim_core.ids import ImageId
 
 MAX_BATCH_ITEMS = 100
 _B64_EXAMPLE = (

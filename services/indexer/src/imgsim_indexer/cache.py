@@ -25,10 +25,6 @@ BUMP_FAILURES = Counter(
 )
 
 
-def generation_key(topic_prefix: str) -> str:
-    return f"{topic_prefix}generation"
-
-
 async def bump_generation(client: Redis, key: str, *, timeout_s: float) -> int | None:
     """``INCR key``: the new generation, or None when Redis could not be reached."""
     try:

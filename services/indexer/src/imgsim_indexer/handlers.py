@@ -49,8 +49,9 @@ from imgsim_core.contracts import (
 )
 from imgsim_core.errors import ErrorCode
 from imgsim_core.kafka import produce_all, safe_batch_parser
+from imgsim_core.redisclient import generation_key
 from imgsim_core.responders import BadRequestError, decode_request
-from imgsim_indexer.cache import bump_generation, generation_key
+from imgsim_indexer.cache import bump_generation
 from imgsim_indexer.duplicates import find_duplicates
 from imgsim_indexer.errors import (
     NotStartedError,
