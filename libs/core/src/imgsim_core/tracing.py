@@ -9,6 +9,19 @@ and the batch span processor read their own variables (endpoint, headers, timeou
 ``OTEL_BSP_*``), the SDK reads ``OTEL_TRACES_SAMPLER`` and ``OTEL_RESOURCE_ATTRIBUTES``.
 ``OTEL_SERVICE_NAME`` overrides the service's own name (``imgsim-gateway``, ...).
 
+Why :func:`configure_tracing` picks the exporter itself instead of the SDK's
+environment-based setup: that setup is ``opentelemetry.sdk._configuration`` (private) and
+runs through ``opentelemetry-instrument`` with a distro, which also starts metrics and
+logs exporters (imgsim's metrics are Prometheus) and monkey-patches libraries; and two of
+its defaults are wrong for imgsim: with nothing set it exports OTLP/gRPC to
+``localhost:4317`` and logs an export error every few seconds on a machine without a
+collector, and its default protocol is gRPC where most collectors users run here (and
+the dev stack's) take ``http/protobuf``. So only the choice of exporter class is here;
+everything each exporter and processor reads is left to the SDK's own variables. The
+module keeps the provider it installed (``_provider``) because OpenTelemetry lets the
+global provider be set only once: that makes :func:`configure_tracing` idempotent and
+:func:`shutdown_tracing` flush exactly what it installed.
+
 **Propagation**: every record imgsim produces carries ``traceparent``/``tracestate``
 (:func:`trace_headers`, used by ``produced_headers``); consumers continue the trace they
 receive. A batch subscriber gets one *batch span* linked to the context of every record
