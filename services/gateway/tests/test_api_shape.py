@@ -15,8 +15,9 @@ from starlette.exceptions import HTTPException
 
 from imgsim_core.errors import CLIENT_FAULTS, IMAGE_FAULTS, ErrorCode
 from imgsim_gateway.app import BodyGuard, create_app
+from imgsim_gateway.checks import decode_base64
 from imgsim_gateway.errors import BadRequestError
-from imgsim_gateway.pipeline import decode_base64, reply_error
+from imgsim_gateway.indexer import reply_error
 from imgsim_gateway.schemas import IndexRequest, SearchRequest
 from imgsim_gateway.settings import GatewaySettings
 

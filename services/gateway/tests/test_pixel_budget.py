@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from imgsim_core.images import ImageInfo, decoded_pixels
-from imgsim_gateway.pipeline import PixelBudget
+from imgsim_gateway.checks import PixelBudget
 
 
 async def test_decodes_wait_for_their_share_in_arrival_order() -> None:

@@ -33,13 +33,16 @@ from imgsim_core.kafka import ensure_topics, make_producer
 from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
 from imgsim_gateway.cache import SearchCache
+from imgsim_gateway.checks import ImageChecks
 from imgsim_gateway.content import ContentReader
 from imgsim_gateway.errors import GatewayError
+from imgsim_gateway.indexer import IndexerClient
 from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.observability import instrument
-from imgsim_gateway.pipeline import Pipeline
 from imgsim_gateway.routes import open_router, router
+from imgsim_gateway.searching import Searches
 from imgsim_gateway.settings import GatewaySettings
+from imgsim_gateway.writes import Writes
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -169,9 +172,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 kafka.topics.vectors: settings.indexer_group,
             },
         )
-        pipeline = Pipeline(settings, producer, requester, cache)
+        checks = ImageChecks(settings.limits, settings.decode_budget_pixels)
+        indexer = IndexerClient(settings, requester)
         content = ContentReader(
-            kafka, redis, pipeline.decoding, thumbnail_ttl_s=settings.thumbnail_cache_ttl_s
+            kafka, redis, checks.decoding, thumbnail_ttl_s=settings.thumbnail_cache_ttl_s
         )
         sampler: asyncio.Task[None] | None = None
         try:
@@ -179,7 +183,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await kafka_stats.start()
             await content.start()
             sampler = asyncio.create_task(_sample_rates(kafka_stats), name="imgsim-rates")
-            app.state.pipeline = pipeline
+            app.state.writes = Writes(settings, producer, checks, indexer)
+            app.state.searches = Searches(settings, cache, checks, indexer)
+            app.state.indexer = indexer
             app.state.content = content
             app.state.redis = redis
             app.state.kafka_stats = kafka_stats

@@ -37,8 +37,8 @@ from imgsim_core.images import (
 from imgsim_core.kafka import header
 from imgsim_core.settings import ImageLimits, KafkaSettings
 from imgsim_core.topics import Header
+from imgsim_gateway.checks import PixelBudget
 from imgsim_gateway.errors import GatewayError, UpstreamError
-from imgsim_gateway.pipeline import PixelBudget
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,15 @@ from imgsim_core.contracts import (
     FiniteMetadata,
     ReindexStatus,
     SearchHit,
+    SearchParams,
     unpack_vector,
 )
 from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
+from imgsim_gateway.checks import decode_base64
 from imgsim_gateway.content import MAX_THUMBNAIL, ContentGoneError, ContentReader, etag
 from imgsim_gateway.errors import BadRequestError, GatewayError, NotFoundError, UpstreamError
+from imgsim_gateway.indexer import IndexerClient
 from imgsim_gateway.kafkastats import KafkaStats
-from imgsim_gateway.pipeline import Pipeline, decode_base64
-from imgsim_gateway.pipeline import Query as SearchQuery
 from imgsim_gateway.schemas import (
     BatchIndexRequest,
     BatchIndexResponse,
@@ -59,7 +60,10 @@ from imgsim_gateway.schemas import (
     TextSearchRequest,
     TopicLag,
 )
+from imgsim_gateway.searching import Query as SearchQuery
+from imgsim_gateway.searching import Searches
 from imgsim_gateway.security import enforce_rate_limit, require_api_key
+from imgsim_gateway.writes import Writes
 
 log = logging.getLogger(__name__)
 _METADATA: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(FiniteMetadata)
@@ -86,12 +90,24 @@ router = APIRouter(
 )
 
 
-def pipeline(request: Request) -> Pipeline:
-    result: Pipeline = request.app.state.pipeline
+def _writes(request: Request) -> Writes:
+    result: Writes = request.app.state.writes
     return result
 
 
-PipelineDep = Annotated[Pipeline, Depends(pipeline)]
+def _searches(request: Request) -> Searches:
+    result: Searches = request.app.state.searches
+    return result
+
+
+def _indexer(request: Request) -> IndexerClient:
+    result: IndexerClient = request.app.state.indexer
+    return result
+
+
+WritesDep = Annotated[Writes, Depends(_writes)]
+SearchesDep = Annotated[Searches, Depends(_searches)]
+IndexerDep = Annotated[IndexerClient, Depends(_indexer)]
 Wait = Annotated[
     bool, Query(description="Answer only once the change is searchable (or gone); 504 after "
                 "a bound, and the write still happens.")
@@ -118,16 +134,17 @@ ImageIdPath = Annotated[
 ]  # fmt: skip
 
 
-async def _index(pipe: Pipeline, image_id: str, data: bytes, metadata: dict[str, JsonValue],
-                 wait: bool, check_duplicates: bool = False) -> IndexAccepted:  # fmt: skip
+async def _index(writes: Writes, indexer: IndexerClient, image_id: str, data: bytes,
+                 metadata: dict[str, JsonValue], wait: bool, check_duplicates: bool = False
+                 ) -> IndexAccepted:  # fmt: skip
     started = time.perf_counter()
     # Asked before the write is indexed, so the image's own earlier upload of the same
     # bytes (a retry) is the one id left out.
-    same = asyncio.create_task(pipe.same_content(data)) if check_duplicates else None
+    same = asyncio.create_task(indexer.same_content(data)) if check_duplicates else None
     try:
-        written = await pipe.submit_image(image_id, data, metadata)
+        written = await writes.submit_image(image_id, data, metadata)
         if wait:
-            await pipe.wait_visible(written, deleted=False)
+            await writes.wait_visible(written, deleted=False)
         duplicate_of = None if same is None else [i for i in await same if i != image_id]
     finally:
         if same is not None and not same.done():
@@ -151,13 +168,14 @@ def _ms_since(started: float) -> float:
 )  # fmt: skip
 async def index_image(
     body: IndexRequest,
-    pipe: PipelineDep,
+    writes: WritesDep,
+    indexer: IndexerDep,
     wait: Wait = False,
     check_duplicates: CheckDuplicates = False,
 ) -> IndexAccepted:
     """Queue the image; it is durable in Kafka when this answers. The same id replaces it."""
     data = decode_base64(body.image_data)
-    return await _index(pipe, body.image_id, data, body.metadata, wait, check_duplicates)
+    return await _index(writes, indexer, body.image_id, data, body.metadata, wait, check_duplicates)
 
 
 @router.post(
@@ -165,7 +183,8 @@ async def index_image(
     responses=_errors(400, 413, 422, 503, 504), summary="Index an image (multipart upload)",
 )  # fmt: skip
 async def upload_image(
-    pipe: PipelineDep,
+    writes: WritesDep,
+    indexer: IndexerDep,
     file: Annotated[UploadFile, File(description="The image file.")],
     image_id: Annotated[
         str,
@@ -182,8 +201,8 @@ async def upload_image(
         raise BadRequestError(
             "metadata must be a JSON object without NaN or Infinity", code="invalid_metadata"
         ) from exc
-    data = await file.read(pipe.settings.limits.max_bytes + 1)
-    return await _index(pipe, image_id, data, parsed, wait, check_duplicates)
+    data = await file.read(writes.settings.limits.max_bytes + 1)
+    return await _index(writes, indexer, image_id, data, parsed, wait, check_duplicates)
 
 
 @router.post(
@@ -192,7 +211,8 @@ async def upload_image(
 )  # fmt: skip
 async def index_batch(
     body: BatchIndexRequest,
-    pipe: PipelineDep,
+    writes: WritesDep,
+    indexer: IndexerDep,
     wait: Wait = False,
     check_duplicates: CheckDuplicates = False,
 ) -> BatchIndexResponse:
@@ -201,7 +221,9 @@ async def index_batch(
     async def one(item: IndexRequest) -> BatchItemResult:
         try:
             data = decode_base64(item.image_data)
-            done = await _index(pipe, item.image_id, data, item.metadata, wait, check_duplicates)
+            done = await _index(
+                writes, indexer, item.image_id, data, item.metadata, wait, check_duplicates
+            )
         except GatewayError as exc:
             return BatchItemResult(
                 image_id=item.image_id, status="rejected",
@@ -246,13 +268,13 @@ ThumbnailFormat = Annotated[
 async def image_content(
     image_id: ImageIdPath,
     request: Request,
-    pipe: PipelineDep,
+    indexer: IndexerDep,
     size: ThumbnailSize = None,
     format: ThumbnailFormat = None,
 ) -> Response:
     """The bytes come from the record the image's vector was computed from; ``ETag`` is
     that record's place in the log, so a re-upload under the same id changes it."""
-    record = await pipe.lookup(image_id)
+    record = await indexer.lookup(image_id)
     if not record.found:
         raise NotFoundError(f"image {image_id!r} is not indexed")
     if record.source_partition is None or record.source_offset is None:
@@ -267,7 +289,7 @@ async def image_content(
     if size is None:
         content = await reader.original(*where)
     else:
-        content = await reader.thumbnail(*where, size, fmt, pipe.settings.limits)
+        content = await reader.thumbnail(*where, size, fmt, indexer.settings.limits)
     return Response(content.data, media_type=content.content_type, headers=headers)
 
 
@@ -277,10 +299,10 @@ async def image_content(
 )  # fmt: skip
 async def get_image(
     image_id: ImageIdPath,
-    pipe: PipelineDep,
+    indexer: IndexerDep,
     include_vector: Annotated[bool, Query(description="With its embedding.")] = False,
 ) -> ImageInfo:
-    record = await pipe.lookup(image_id, include_vector=include_vector)
+    record = await indexer.lookup(image_id, include_vector=include_vector)
     if not record.found:
         raise NotFoundError(f"image {image_id!r} is not indexed")
     return ImageInfo(
@@ -295,17 +317,17 @@ async def get_image(
     responses=_errors(503, 504), summary="Delete an image (a tombstone through the pipeline)",
 )  # fmt: skip
 async def delete_image(
-    image_id: ImageIdPath, pipe: PipelineDep, wait: Wait = False
+    image_id: ImageIdPath, writes: WritesDep, wait: Wait = False
 ) -> DeleteAccepted:
-    written = await pipe.delete_image(image_id)
+    written = await writes.delete_image(image_id)
     if wait:
-        await pipe.wait_visible(written, deleted=True)
+        await writes.wait_visible(written, deleted=True)
     return DeleteAccepted(image_id=image_id, status="deleted" if wait else "accepted")
 
 
-async def _search(pipe: Pipeline, query: SearchQuery, options: SearchOptions) -> SearchResponse:
+async def _search(searches: Searches, query: SearchQuery, options: SearchParams) -> SearchResponse:
     started = time.perf_counter()
-    hits, cached = await pipe.search(query, options)
+    hits, cached = await searches.search(query, options)
     took_ms = _ms_since(started)
     return SearchResponse(
         results=[_result(h) for h in hits], took_ms=took_ms, cached=cached,
@@ -323,18 +345,19 @@ def _floats(packed: str | None) -> list[float] | None:
     return None if packed is None else [round(float(x), 7) for x in unpack_vector(packed)]
 
 
-def _options(body: SearchOptions) -> SearchOptions:
-    return SearchOptions.model_validate(body.model_dump(include=set(SearchOptions.model_fields)))
+def _options(body: SearchOptions) -> SearchParams:
+    """The search parameters of a request body, as the domain takes them."""
+    return SearchParams.model_validate(body.model_dump(include=set(SearchParams.model_fields)))
 
 
 @router.post(
     "/search", response_model=SearchResponse, responses=_errors(400, 413, 422, 503, 504),
     summary="Search by image",
 )  # fmt: skip
-async def search(body: SearchRequest, pipe: PipelineDep) -> SearchResponse:
+async def search(body: SearchRequest, searches: SearchesDep) -> SearchResponse:
     """The indexed images most similar to the query image, best first."""
     query = SearchQuery(image=decode_base64(body.image_data), crop=body.crop)
-    return await _search(pipe, query, _options(body))
+    return await _search(searches, query, _options(body))
 
 
 def _example(example: QueryExample) -> Example:
@@ -350,7 +373,7 @@ def _example(example: QueryExample) -> Example:
     "/search/multi", response_model=SearchResponse, responses=_errors(400, 404, 413, 422, 503, 504),
     summary="Search by several examples: images, ids and texts, positive and negative, weighted",
 )  # fmt: skip
-async def search_multi(body: MultiSearchRequest, pipe: PipelineDep) -> SearchResponse:
+async def search_multi(body: MultiSearchRequest, searches: SearchesDep) -> SearchResponse:
     """As Qdrant's recommend API ("average_vector"): with the weighted means P of the
     positive and N of the negative examples' embeddings, the query is P + (P − N),
     normalised. Images named by id are left out of the results."""
@@ -358,21 +381,21 @@ async def search_multi(body: MultiSearchRequest, pipe: PipelineDep) -> SearchRes
         positive=tuple(_example(e) for e in body.positive),
         negative=tuple(_example(e) for e in body.negative),
     )
-    return await _search(pipe, query, _options(body))
+    return await _search(searches, query, _options(body))
 
 
 @router.post(
     "/duplicates", response_model=DuplicatesResponse, responses=_errors(400, 422, 503, 504),
     summary="Groups of duplicate images: exact copies, and near copies above a threshold",
 )  # fmt: skip
-async def duplicates(body: DuplicatesRequest, pipe: PipelineDep) -> DuplicatesResponse:
+async def duplicates(body: DuplicatesRequest, indexer: IndexerDep) -> DuplicatesResponse:
     """A page of groups over the collection (or the images ``filter`` selects), scanned in
     a fixed order; follow ``next_cursor`` until it is null. Each pair of duplicates is in
     some group, at the group's first image; a group wholly inside an earlier one is left
     out. A page scans at most 512 images, so it may hold fewer than ``limit`` groups and
     still have a ``next_cursor``."""
     started = time.perf_counter()
-    answer = await pipe.duplicates(DuplicatesRequested(**body.model_dump(), deadline_ms=0))
+    answer = await indexer.duplicates(DuplicatesRequested(**body.model_dump(), deadline_ms=0))
     return DuplicatesResponse.model_validate(
         {**answer.model_dump(include={"groups", "next_cursor", "scanned"}),
          "took_ms": _ms_since(started)}
@@ -383,41 +406,43 @@ async def duplicates(body: DuplicatesRequest, pipe: PipelineDep) -> DuplicatesRe
     "/search/text", response_model=SearchResponse, responses=_errors(400, 422, 503, 504),
     summary="Search by text (CLIP's text tower)",
 )  # fmt: skip
-async def search_text(body: TextSearchRequest, pipe: PipelineDep) -> SearchResponse:
-    return await _search(pipe, SearchQuery(text=body.query), _options(body))
+async def search_text(body: TextSearchRequest, searches: SearchesDep) -> SearchResponse:
+    return await _search(searches, SearchQuery(text=body.query), _options(body))
 
 
 @router.post(
     "/search/similar", response_model=SearchResponse, responses=_errors(404, 422, 503, 504),
     summary="More like this: search by an indexed image's id",
 )  # fmt: skip
-async def search_similar(body: SimilarSearchRequest, pipe: PipelineDep) -> SearchResponse:
-    return await _search(pipe, SearchQuery(like_image_id=body.image_id), _options(body))
+async def search_similar(body: SimilarSearchRequest, searches: SearchesDep) -> SearchResponse:
+    return await _search(searches, SearchQuery(like_image_id=body.image_id), _options(body))
 
 
 @router.get("/stats", response_model=Stats, responses=_errors(503, 504), summary="Statistics")
-async def stats(request: Request, pipe: PipelineDep) -> Stats:
-    indexer = await pipe.status()
+async def stats(request: Request, indexer: IndexerDep, searches: SearchesDep) -> Stats:
+    status = await indexer.status()
     kafka: KafkaStats = request.app.state.kafka_stats
     try:
-        async with asyncio.timeout(pipe.settings.kafka.send_timeout_s):
+        async with asyncio.timeout(indexer.settings.kafka.send_timeout_s):
             lag, dead_letters, (rate_in, rate_out) = await asyncio.gather(
                 kafka.lag(), kafka.dead_letters(), kafka.rates()
             )
     except (TimeoutError, KafkaError) as exc:
         raise UpstreamError("Kafka does not answer; retry later") from exc
     return Stats(
-        indexed_images=indexer.indexed,
-        collection=indexer.collection,
-        store=indexer.store,
-        model_id=indexer.model_id,
+        indexed_images=status.indexed,
+        collection=status.collection,
+        store=status.store,
+        model_id=status.model_id,
         consumer_lag={t: TopicLag(group=g, lag=n) for t, (g, n) in lag.items()},
         images_in_per_s=round(rate_in, 2),
         images_out_per_s=round(rate_out, 2),
         dead_letters=dead_letters,
-        searches_in_flight=pipe.searches_in_flight,
+        searches_in_flight=indexer.in_flight,
         uptime_s=round(time.monotonic() - request.app.state.started, 1),
-        cache={name: {"hits": c.hits, "misses": c.misses} for name, c in pipe.cache.counts.items()},
+        cache={
+            name: {"hits": c.hits, "misses": c.misses} for name, c in searches.cache.counts.items()
+        },
     )
 
 
@@ -426,29 +451,29 @@ async def stats(request: Request, pipe: PipelineDep) -> Stats:
     responses=_errors(503, 504), tags=["admin"],
     summary="Rebuild the index into a new collection and switch to it when caught up",
 )  # fmt: skip
-async def start_reindex(pipe: PipelineDep, body: ReindexRequest | None = None) -> ReindexStatus:
+async def start_reindex(indexer: IndexerDep, body: ReindexRequest | None = None) -> ReindexStatus:
     """Searches keep being served from the current collection until the switch.
 
     With ``model_id`` the new collection holds that model's vectors, which an embedder
     running that model produces (see the README's *Reindex and replay*).
     """
-    return await pipe.reindex("start", body.model_id if body else None)
+    return await indexer.reindex("start", body.model_id if body else None)
 
 
 @router.get(
     "/admin/reindex", response_model=ReindexStatus, responses=_errors(503, 504), tags=["admin"],
     summary="Progress of the reindex: processed, total, rate, ETA",
 )  # fmt: skip
-async def reindex_status(pipe: PipelineDep) -> ReindexStatus:
-    return await pipe.reindex("status")
+async def reindex_status(indexer: IndexerDep) -> ReindexStatus:
+    return await indexer.reindex("status")
 
 
 @router.post(
     "/admin/reindex/drop-old", response_model=ReindexStatus, responses=_errors(503, 504),
     tags=["admin"], summary="Drop the collections the alias no longer points at",
 )  # fmt: skip
-async def drop_old_collections(pipe: PipelineDep) -> ReindexStatus:
-    return await pipe.reindex("drop_old")
+async def drop_old_collections(indexer: IndexerDep) -> ReindexStatus:
+    return await indexer.reindex("drop_old")
 
 
 @open_router.get("/health", response_model=Health, summary="Liveness")
@@ -461,7 +486,9 @@ async def health() -> Health:
     responses={503: {"model": Readiness, "description": "Kafka is down: nothing can be accepted."}},
     summary="Readiness: Kafka; Redis or the vector store down is 'degraded'",
 )  # fmt: skip
-async def ready(request: Request, pipe: PipelineDep, response: Response) -> Readiness:
+async def ready(
+    request: Request, writes: WritesDep, indexer: IndexerDep, response: Response
+) -> Readiness:
     """Writes need Kafka only, so a gateway is ready while Kafka is up: an indexer that is
     down or being redeployed (one replica with the embedded store) makes searches fail
     with 504 until it is back, but must not take every gateway out of service for writes.
@@ -476,11 +503,11 @@ async def ready(request: Request, pipe: PipelineDep, response: Response) -> Read
 
     async def store_ok() -> bool:
         try:
-            return (await pipe.status()).ready
+            return (await indexer.status()).ready
         except GatewayError:
             return False
 
-    kafka, redis_up, store = await asyncio.gather(pipe.kafka_ok(), redis_ok(), store_ok())
+    kafka, redis_up, store = await asyncio.gather(writes.kafka_ok(), redis_ok(), store_ok())
     checks = {
         "kafka": "up" if kafka else "down",
         "redis": "up" if redis_up else "down",

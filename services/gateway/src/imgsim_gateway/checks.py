@@ -1,0 +1,131 @@
+"""What the gateway checks of an image or metadata before it goes anywhere.
+
+The header check (format, size, pixel count) comes first and is cheap; then the image is
+decoded once off the event loop (big JPEGs in draft mode) under a :class:`PixelBudget`,
+so truncated and corrupt images are refused with a 4xx here instead of becoming dead
+letters later, and concurrent decodes cannot take gigabytes. Writes and searches both
+check through :class:`ImageChecks`; the thumbnail reader shares its budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import re
+from collections import deque
+from collections.abc import AsyncIterator
+
+from imgsim_core.contracts import Crop, Metadata
+from imgsim_core.errors import ErrorCode
+from imgsim_core.images import (
+    CONTENT_TYPES,
+    ImageError,
+    check_crop,
+    decode_rgb,
+    decoded_pixels,
+    inspect_image,
+)
+from imgsim_core.kafka import encode_metadata
+from imgsim_core.settings import ImageLimits
+from imgsim_gateway.errors import BadRequestError, InvalidImageError, PayloadTooLargeError
+
+_DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
+_MIME_BREAKS = str.maketrans("", "", " \t\r\n")
+
+
+def decode_base64(data: str) -> bytes:
+    """Standard base64, as a data URL (``data:image/png;base64,...``) too, and with the
+    line breaks of MIME base64 (RFC 2045); any other character is refused."""
+    if data.startswith("data:"):
+        prefix = _DATA_URL.match(data)
+        if prefix is None:
+            raise BadRequestError(
+                "image_data is a data URL that is not data:<type>;base64,...",
+                code="invalid_base64",
+            )
+        data = data[prefix.end() :]
+    try:
+        return base64.b64decode(data.translate(_MIME_BREAKS), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequestError("image_data is not valid base64", code="invalid_base64") from exc
+
+
+class PixelBudget:
+    """At most ``total`` pixels decoding at once (first come, first served); one request
+    larger than the whole budget runs alone. Bounds the memory concurrent decodes take:
+    one 7000×7000 PNG is ~200 MB of RGB in Pillow, and a few of them at once are gigabytes."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        pixels = min(pixels, self.total)
+        if self._waiters or self.used + pixels > self.total:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((pixels, future))
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._release(pixels)  # granted just as the caller gave up
+                else:
+                    self._waiters.remove((pixels, future))
+                    self._wake()
+                raise
+        else:
+            self.used += pixels
+        try:
+            yield
+        finally:
+            self._release(pixels)
+
+    def _release(self, pixels: int) -> None:
+        self.used -= pixels
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.total:
+            pixels, future = self._waiters.popleft()
+            self.used += pixels
+            future.set_result(None)
+
+
+class ImageChecks:
+    def __init__(self, limits: ImageLimits, decode_budget_pixels: int) -> None:
+        self.limits = limits
+        self.decoding = PixelBudget(decode_budget_pixels)
+
+    async def image(self, data: bytes, crop: Crop | None = None) -> str:
+        """Check the bytes fully and return their MIME type; raise a client error otherwise.
+
+        The header check (format, size, pixel count) comes first and is cheap; then the
+        image is decoded once off the event loop (big JPEGs in draft mode), so truncated
+        and corrupt images are refused here instead of becoming dead letters later.
+        """
+        limits = self.limits
+        try:
+            info = inspect_image(data, limits)
+            if crop is not None:
+                check_crop(info, crop.box())
+            async with self.decoding.hold(decoded_pixels(info)):
+                await asyncio.to_thread(decode_rgb, data, limits)
+        except ImageError as exc:
+            if exc.code == ErrorCode.IMAGE_TOO_LARGE:
+                raise PayloadTooLargeError(exc.message, code=exc.code) from exc
+            raise InvalidImageError(exc.message, code=exc.code) from exc
+        return CONTENT_TYPES[info.format]
+
+    def metadata(self, metadata: Metadata) -> bytes:
+        encoded = encode_metadata(metadata)
+        if len(encoded) > self.limits.max_metadata_bytes:
+            raise BadRequestError(
+                f"metadata is {len(encoded)} bytes as JSON; the limit is "
+                f"{self.limits.max_metadata_bytes}",
+                code="metadata_too_large",
+            )
+        return encoded

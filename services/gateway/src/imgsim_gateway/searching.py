@@ -1,0 +1,139 @@
+"""Searching: the result cache first, then the embedder or straight to the indexer.
+
+A search crosses Kafka as a question to the embedder (queries topic) when its query
+needs an embedding, or to the indexer (searches topic) when it does not: a search by
+id, examples that are all ids or vectors, or a query whose embedding is cached
+(:mod:`imgsim_gateway.cache`). Query images are checked like written ones first. Nothing
+here knows HTTP: the routes turn request bodies into a :class:`Query` and
+:class:`~imgsim_core.contracts.SearchParams`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from imgsim_core.contracts import (
+    Crop,
+    Example,
+    SearchHit,
+    SearchParams,
+    SearchReplied,
+    SearchRequested,
+    VectorSearchRequested,
+)
+from imgsim_core.kafka import now_ms
+from imgsim_gateway.cache import SearchCache
+from imgsim_gateway.checks import ImageChecks, decode_base64
+from imgsim_gateway.indexer import IndexerClient, reply_error
+from imgsim_gateway.settings import GatewaySettings
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What a search looks for: image bytes (a region of them with ``crop``), a text, an
+    indexed image's id, or examples (``positive``, ``negative``; images as base64)."""
+
+    image: bytes | None = None
+    text: str | None = None
+    like_image_id: str | None = None
+    crop: Crop | None = None
+    positive: tuple[Example, ...] = ()
+    negative: tuple[Example, ...] = ()
+
+    @property
+    def cache_subject(self) -> bytes | None:
+        """Bytes that identify this query's embedding (examples: their combination;
+        None for search by id)."""
+        if self.image is not None:
+            box = b"" if self.crop is None else self.crop.model_dump_json().encode()
+            return b"image:" + box + b":" + self.image
+        if self.text is not None:
+            return b"text:" + self.text.encode()
+        if self.positive:
+            return (
+                b"examples:"
+                + json.dumps(
+                    [
+                        [_example_key(e) for e in self.positive],
+                        [_example_key(e) for e in self.negative],
+                    ]
+                ).encode()
+            )
+        return None
+
+    @property
+    def needs_embedding(self) -> bool:
+        """Whether the embedder has work in it (an id or a cached vector does not)."""
+        if self.positive:
+            return any(e.image is not None or e.text is not None
+                       for e in (*self.positive, *self.negative))  # fmt: skip
+        return self.like_image_id is None
+
+
+def _example_key(example: Example) -> dict[str, object]:
+    """An example as it counts for the cache: an image by the hash of its base64."""
+    key = example.model_dump(exclude_none=True)
+    if example.image is not None:
+        key["image"] = hashlib.sha256(example.image.encode()).hexdigest()
+    return key
+
+
+class Searches:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        cache: SearchCache,
+        checks: ImageChecks,
+        indexer: IndexerClient,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.kafka.topics
+        self.cache = cache
+        self._checks = checks
+        self._indexer = indexer
+
+    async def search(self, query: Query, options: SearchParams) -> tuple[list[SearchHit], bool]:
+        """Hits best first, and whether they came from the result cache."""
+        params = options.model_dump()
+        cached = await self.cache.get_result(query.cache_subject, query.like_image_id, params)
+        if cached.hits is not None:  # these exact bytes were validated when it was stored
+            return cached.hits, True
+        if query.image is not None:
+            await self._checks.image(query.image, query.crop)
+        for example in (*query.positive, *query.negative):
+            if example.image is not None:
+                await self._checks.image(decode_base64(example.image), example.crop)
+        model_id = await self._indexer.model_id()
+        timeout = self.settings.search_timeout_s
+        deadline = now_ms() + int(timeout * 1000)
+        vector = await self.cache.get_embedding(query.cache_subject, model_id)
+        request: BaseModel
+        examples = {"positive": list(query.positive), "negative": list(query.negative)}
+        if vector is not None or not query.needs_embedding:
+            request = VectorSearchRequested(
+                vector=vector, like_image_id=query.like_image_id, model_id=model_id,
+                deadline_ms=deadline, **(examples if vector is None else {}), **params,
+            )  # fmt: skip
+            topic = self.topics.searches
+        else:
+            request = SearchRequested(
+                image=base64.b64encode(query.image).decode("ascii") if query.image else None,
+                text=query.text, crop=query.crop, deadline_ms=deadline, **examples, **params,
+            )  # fmt: skip
+            topic = self.topics.queries
+        answer = await self._indexer.ask(topic, request, timeout, SearchReplied)
+        if answer.error is not None:
+            raise reply_error(answer.error, answer.error_code, "search_failed")
+        if vector is None and answer.query_vector and answer.model_id:
+            await self.cache.put_embedding(
+                query.cache_subject, answer.model_id, answer.query_vector
+            )
+        await self.cache.put_result(
+            query.cache_subject, query.like_image_id, params, answer.hits, cached.generation
+        )
+        return answer.hits, False
