@@ -1,0 +1,87 @@
+"""What every route module of the REST API shares: its dependencies (the domain objects
+the app's lifespan builds, from ``app.state``), the image-id path type, the documented
+error responses and the common query parameters."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from pydantic import AfterValidator
+from starlette.convertors import PathConvertor, register_url_convertor
+
+from imgsim_core.contracts import unpack_vector
+from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
+from imgsim_gateway.indexer import IndexerClient
+from imgsim_gateway.schemas import ErrorBody
+from imgsim_gateway.searching import Searches
+from imgsim_gateway.writes import Writes
+
+
+def failures(*codes: int) -> dict[int | str, dict[str, object]]:
+    """The documented error answers of a route: 401 and 429 always, and ``codes``."""
+    text = {
+        400: "Bad input: invalid base64, metadata over its limit, bad multipart fields.",
+        401: "No valid API key (X-API-Key or Authorization: Bearer).",
+        404: "No such image.",
+        413: "The body or the image is over its size limit.",
+        422: "A corrupt image, a format not allowed, too many pixels, or an invalid field.",
+        429: "Over the rate limit; see Retry-After.",
+        503: "Kafka or a service behind the gateway is unavailable.",
+        504: "No answer before the deadline (a write still happens).",
+    }
+    return {c: {"model": ErrorBody, "description": text[c]} for c in (401, 429, *codes)}
+
+
+def _writes(request: Request) -> Writes:
+    result: Writes = request.app.state.writes
+    return result
+
+
+def _searches(request: Request) -> Searches:
+    result: Searches = request.app.state.searches
+    return result
+
+
+def _indexer(request: Request) -> IndexerClient:
+    result: IndexerClient = request.app.state.indexer
+    return result
+
+
+WritesDep = Annotated[Writes, Depends(_writes)]
+SearchesDep = Annotated[Searches, Depends(_searches)]
+IndexerDep = Annotated[IndexerClient, Depends(_indexer)]
+Wait = Annotated[
+    bool, Query(description="Answer only once the change is searchable (or gone); 504 after "
+                "a bound, and the write still happens.")
+]  # fmt: skip
+CheckDuplicates = Annotated[
+    bool, Query(description="Say in duplicate_of which indexed images have exactly these "
+                "bytes (one more request to the indexer).")
+]  # fmt: skip
+
+
+class _AnyPath(PathConvertor):
+    """Starlette's ``path`` matches no line break, so an id with one (invalid) would get a
+    routing 404; this matches every character, and the id rule answers 422 instead."""
+
+    regex = r"[\s\S]+"
+
+
+register_url_convertor("imageid", _AnyPath())
+ImageIdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=MAX_IMAGE_ID_LENGTH, description=IMAGE_ID_RULE,
+         examples=["cats/1.jpg"]),
+    AfterValidator(check_image_id),
+]  # fmt: skip
+
+
+def ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def floats(packed: str | None) -> list[float] | None:
+    """A packed vector as the JSON floats an answer shows (None stays None)."""
+    return None if packed is None else [round(float(x), 7) for x in unpack_vector(packed)]
