@@ -27,7 +27,7 @@ from imgsim_core.kafka import OutRecord, now_ms
 from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import CONTRACT_VERSION, Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
-from imgsim_embedder.handlers import embed_query, embed_records
+from imgsim_embedder.embedding import embed_query, embed_records
 
 TOPICS = Topics("t.")
 LIMITS = ImageLimits()

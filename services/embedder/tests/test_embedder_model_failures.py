@@ -19,8 +19,8 @@ from imgsim_core.kafka import OutRecord
 from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
+from imgsim_embedder.embedding import embed_records
 from imgsim_embedder.errors import BatcherClosedError
-from imgsim_embedder.handlers import embed_records
 from imgsim_embedder.settings import EmbedderSettings
 
 TOPICS = Topics("t.")

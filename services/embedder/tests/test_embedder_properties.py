@@ -26,7 +26,7 @@ from imgsim_core.kafka import OutRecord
 from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import CONTRACT_VERSION, Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
-from imgsim_embedder.handlers import embed_records
+from imgsim_embedder.embedding import embed_records
 
 TOPICS = Topics("p.")
 LIMITS = ImageLimits(max_metadata_bytes=256)

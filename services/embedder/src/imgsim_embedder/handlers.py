@@ -3,7 +3,9 @@
 ``build_router(settings, state)`` returns a :class:`KafkaRouter` with two subscribers:
 
 - **images** (batch): the raw aiokafka records are read from ``message.raw_message``
-  because a null value is a tombstone. :func:`embed_records` turns a batch of records
+  because a null value is a tombstone. :func:`~imgsim_embedder.embedding.embed_records`
+  (what records and queries turn into lives in :mod:`imgsim_embedder.embedding`) turns a
+  batch of records
   into the records to produce — vectors, passed-through tombstones and dead letters, in
   input order (so per-key order holds) — with one ``embed_images`` call for the whole
   batch. The handler produces them with the service's idempotent ``acks=all`` producer
@@ -14,7 +16,8 @@
   one by one and those that still fail are dead-lettered as ``model_error: …``, so a
   batch is never redelivered forever.
 - **queries**: the body arrives as raw bytes (the ``raw_body`` decoder) and is validated
-  in the handler, so a malformed query is answered with a ``bad_request``
+  in the handler (:func:`imgsim_core.responders.decode_request`, the responders' one
+  decoder), so a malformed query is answered with a ``bad_request``
   :class:`SearchReplied` on ``reply_to`` rather than rejected by FastStream (which would
   leave the gateway waiting for its timeout). A query whose deadline has passed is
   dropped; otherwise the image or the text is embedded as urgent work and a
@@ -27,19 +30,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hashlib
 import logging
-from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeAlias
 
-import torch
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaBroker, KafkaMessage
@@ -47,48 +42,27 @@ from faststream.kafka.message import KafkaMessage as RawKafkaMessage
 from prometheus_client import Counter
 
 from imgsim_core.contracts import (
-    Crop,
-    Example,
-    ImageEmbedded,
-    Metadata,
-    SearchParams,
     SearchReplied,
     SearchRequested,
-    Vector,
     VectorSearchRequested,
-    pack_vector,
 )
 from imgsim_core.errors import ErrorCode
-from imgsim_core.images import Box, ImageError, decode_rgb
+from imgsim_core.images import ImageError
 from imgsim_core.kafka import (
-    EventError,
-    OutRecord,
-    dead_letter_record,
-    decode_key,
-    decode_metadata,
-    header,
     produce_all,
-    produced_headers,
     safe_batch_parser,
 )
 from imgsim_core.responders import BadRequestError, decode_request
-from imgsim_core.settings import ImageLimits
-from imgsim_core.topics import CONTRACT_VERSION, Header, Topics
+from imgsim_core.topics import CONTRACT_VERSION, Header
 from imgsim_embedder.batcher import MicroBatcher
-from imgsim_embedder.errors import EmbedderError, InferenceError
+from imgsim_embedder.embedding import embed_query, embed_records
+from imgsim_embedder.errors import EmbedderError
 from imgsim_embedder.model import ImageEncoder
 from imgsim_embedder.settings import EmbedderSettings
 
 log = logging.getLogger(__name__)
 
-RECORDS = Counter("imgsim_embedder_records", "Image records handled.", ["outcome"])
 QUERIES = Counter("imgsim_embedder_queries", "Search queries handled.", ["outcome"])
-IMAGES = Counter("imgsim_embedder_images", "Images embedded into vectors.")
-DEADLETTERS = Counter(
-    "imgsim_embedder_deadletters", "Image records sent to the dead-letter topic.", ["reason"]
-)
-
-Record: TypeAlias = "ConsumerRecord[Any, Any]"
 
 
 @dataclass
@@ -114,236 +88,6 @@ class StateHolder:
         if self._state is None:
             raise EmbedderError("the embedder has not started")
         return self._state
-
-
-@dataclass(frozen=True, slots=True)
-class _Valid:
-    index: int
-    image_id: str
-    metadata: Metadata
-    future: asyncio.Future[torch.Tensor]
-
-
-def _prepare(
-    encoder: ImageEncoder, data: bytes, limits: ImageLimits, crop: Box | None = None
-) -> torch.Tensor:
-    """Decode (and crop) and preprocess one image; runs in the preprocessing pool."""
-    return encoder.preprocess(decode_rgb(data, limits, crop=crop))
-
-
-async def embed_records(
-    records: Sequence[Record],
-    *,
-    encoder: ImageEncoder,
-    batcher: MicroBatcher,
-    pool: ThreadPoolExecutor,
-    topics: Topics,
-    limits: ImageLimits,
-    model_retries: int = 3,
-    retry_backoff_s: float = 0.1,
-) -> list[OutRecord]:
-    """The records to produce for a batch of image records: exactly one per record, in
-    input order (a vector, a tombstone or a dead letter).
-
-    Raises only when the batch must be redelivered (the batcher is stopping, cancelled).
-    """
-    loop = asyncio.get_running_loop()
-    out: list[OutRecord | None] = [None] * len(records)
-
-    def dead_letter(i: int, code: str, message: str) -> None:
-        out[i] = dead_letter_record(topics.deadletter, records[i], f"{code}: {message}")
-        DEADLETTERS.labels(code).inc()
-        RECORDS.labels("dead_letter").inc()
-
-    valid: list[_Valid] = []
-    for i, record in enumerate(records):
-        try:
-            image_id = decode_key(record.key)
-            if record.value is None:
-                tombstone = produced_headers(source=record)
-                out[i] = OutRecord(topics.vectors, record.key, None, tombstone)
-                RECORDS.labels("tombstone").inc()
-                continue
-            metadata = decode_metadata(
-                header(record.headers, Header.METADATA), limits.max_metadata_bytes
-            )
-        except EventError as exc:
-            dead_letter(i, exc.code, exc.message)
-            continue
-        future = loop.run_in_executor(pool, _prepare, encoder, record.value, limits)
-        valid.append(_Valid(i, image_id, metadata, future))
-
-    tensors: list[torch.Tensor] = []
-    embedded: list[_Valid] = []
-    for item in valid:
-        try:
-            tensors.append(await item.future)
-            embedded.append(item)
-        except ImageError as exc:
-            dead_letter(item.index, exc.code, exc.message)
-        except Exception as exc:  # a decoder bug on odd bytes: this image's fault alone
-            log.exception("preprocessing record at offset %d failed", records[item.index].offset)
-            dead_letter(item.index, "preprocess_error", f"{type(exc).__name__}: {exc}")
-
-    results = await _embed_bulk(batcher, tensors, model_retries, retry_backoff_s)
-    now = datetime.now(UTC)
-    for item, result in zip(embedded, results, strict=True):
-        if isinstance(result, InferenceError):
-            dead_letter(item.index, "model_error", str(result))
-            continue
-        record = records[item.index]
-        event = ImageEmbedded(
-            image_id=item.image_id,
-            model_id=encoder.model_id,
-            dim=encoder.dim,
-            vector=pack_vector(result),
-            metadata=item.metadata,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            embedded_at=now,
-            content_sha256=hashlib.sha256(record.value or b"").hexdigest(),
-        )
-        # Each vector carries its own image's trace (the record's span in this batch).
-        model_headers = produced_headers(model_id=encoder.model_id, source=record)
-        out[item.index] = OutRecord(
-            topics.vectors, record.key, event.model_dump_json().encode(), model_headers
-        )
-        IMAGES.inc()
-        RECORDS.labels("vector").inc()
-    done = [r for r in out if r is not None]
-    assert len(done) == len(records), "every record has exactly one output"
-    return done
-
-
-async def _embed_bulk(
-    batcher: MicroBatcher, tensors: list[torch.Tensor], retries: int, backoff_s: float
-) -> list[Vector | InferenceError]:
-    """Each tensor's vector, or the model's error on it after bounded retries.
-
-    The whole batch is tried ``1 + retries`` times with exponential backoff; if the model
-    still fails, every image is tried once alone, so one image that breaks the model
-    cannot take the others down with it.
-    """
-    for attempt in range(retries + 1):
-        try:
-            return list(await batcher.embed_images(tensors, urgent=False))
-        except InferenceError as exc:
-            if attempt == retries:
-                log.error(
-                    "the model failed on a batch of %d images %d times (%s); trying them one "
-                    "by one, dead-lettering those that fail",
-                    len(tensors),
-                    attempt + 1,
-                    exc,
-                )
-                if len(tensors) == 1:
-                    return [exc]
-                break
-            delay = backoff_s * 2**attempt
-            log.warning(
-                "the model failed on a batch of %d images (attempt %d of %d), retrying in "
-                "%.2f s: %s",
-                len(tensors),
-                attempt + 1,
-                retries + 1,
-                delay,
-                exc,
-            )
-            await asyncio.sleep(delay)
-    results: list[Vector | InferenceError] = []
-    for tensor in tensors:
-        try:
-            results.append((await batcher.embed_images([tensor], urgent=False))[0])
-        except InferenceError as exc:
-            results.append(exc)
-    return results
-
-
-def _box(crop: Crop | None) -> Box | None:
-    return None if crop is None else crop.box()
-
-
-def _image_bytes(image: str) -> bytes:
-    try:
-        return base64.b64decode(image, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageError(ErrorCode.BAD_BASE64, "the image is not valid base64") from exc
-
-
-async def _embed_examples(
-    examples: Sequence[Example],
-    *,
-    encoder: ImageEncoder,
-    batcher: MicroBatcher,
-    pool: ThreadPoolExecutor,
-    limits: ImageLimits,
-) -> list[Example]:
-    """The examples with each image and text replaced by its vector (ids pass through):
-    the texts in one batch, the images in another."""
-    loop = asyncio.get_running_loop()
-    texts = [e.text for e in examples if e.text is not None]
-    images = [
-        loop.run_in_executor(pool, _prepare, encoder, _image_bytes(e.image), limits, _box(e.crop))
-        for e in examples
-        if e.image is not None
-    ]
-    tensors = [await future for future in images]
-    text_vectors: Iterator[Vector] = iter(await batcher.embed_text(texts) if texts else [])
-    image_vectors: Iterator[Vector] = iter(
-        await batcher.embed_images(tensors, urgent=True) if tensors else []
-    )
-    out = []
-    for example in examples:
-        if example.text is None and example.image is None:
-            out.append(example)
-            continue
-        vector = next(text_vectors) if example.text is not None else next(image_vectors)
-        out.append(Example(vector=pack_vector(vector), weight=example.weight))
-    return out
-
-
-async def embed_query(
-    query: SearchRequested,
-    *,
-    encoder: ImageEncoder,
-    batcher: MicroBatcher,
-    pool: ThreadPoolExecutor,
-    limits: ImageLimits,
-) -> VectorSearchRequested:
-    """The query's vector search; raises ImageError (with a code) on bad input."""
-    params = query.model_dump(include=set(SearchParams.model_fields))
-    if query.positive or query.negative:
-        if query.image is not None or query.text is not None or not query.positive:
-            raise ImageError(
-                ErrorCode.BAD_REQUEST, "a search by examples needs positive examples only"
-            )
-        positive = await _embed_examples(
-            query.positive, encoder=encoder, batcher=batcher, pool=pool, limits=limits
-        )
-        negative = await _embed_examples(
-            query.negative, encoder=encoder, batcher=batcher, pool=pool, limits=limits
-        )
-        return VectorSearchRequested(
-            **params, positive=positive, negative=negative, model_id=encoder.model_id,
-            deadline_ms=query.deadline_ms,
-        )  # fmt: skip
-    if (query.image is None) == (query.text is None):
-        raise ImageError(ErrorCode.BAD_REQUEST, "a search needs exactly one of image or text")
-    if query.crop is not None and query.image is None:
-        raise ImageError(ErrorCode.BAD_REQUEST, "a crop goes with an image query only")
-    if query.text is not None:
-        vectors = await batcher.embed_text([query.text])
-    else:
-        data = _image_bytes(query.image or "")
-        loop = asyncio.get_running_loop()
-        tensor = await loop.run_in_executor(pool, _prepare, encoder, data, limits, _box(query.crop))
-        vectors = await batcher.embed_images([tensor], urgent=True)
-    return VectorSearchRequested(
-        **params,
-        vector=pack_vector(vectors[0]),
-        model_id=encoder.model_id,
-        deadline_ms=query.deadline_ms,
-    )
 
 
 async def raw_body(message: RawKafkaMessage) -> bytes:
