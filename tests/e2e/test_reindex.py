@@ -71,12 +71,18 @@ async def test_reindex_switches_with_zero_failed_searches(client: httpx.AsyncCli
                 break
             assert time.monotonic() < deadline, status
             await asyncio.sleep(0.3)
-        await asyncio.sleep(1.0)  # searches on the new collection too
+        # Searches on the new collection too: four more answers, so at least two that
+        # both searchers sent after the switch.
+        switched_at = len(outcomes)
+        while len(outcomes) < switched_at + 4:
+            assert time.monotonic() < deadline, "no search was answered after the switch"
+            await asyncio.sleep(0.05)
     finally:
         stop.set()
         await asyncio.gather(*searchers)
 
     assert len(outcomes) > 10
+    assert len(outcomes) >= switched_at + 4
     assert [code for code in outcomes if code != 200] == []
     assert status["collection"].endswith("_v2")
     assert status["processed"] >= status["total"] > 0

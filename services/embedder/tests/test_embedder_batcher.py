@@ -13,6 +13,15 @@ from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.errors import BatcherClosedError, InferenceError
 
 
+async def until_accepted(batcher: MicroBatcher, rows: int) -> None:
+    """Wait until the batcher has taken ``rows`` rows into its queues in all."""
+    for _ in range(10_000):  # loop turns, not time: each lets the submitting tasks run
+        if batcher.accepted >= rows:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"the batcher took {batcher.accepted} rows, not {rows}")
+
+
 @pytest.fixture
 def fake() -> FakeEncoder:
     return FakeEncoder()
@@ -49,10 +58,10 @@ async def test_urgent_rows_go_before_bulk(batcher: MicroBatcher, fake: FakeEncod
     first = asyncio.create_task(batcher.embed_images([row(0.0)] * 4, urgent=False))
     await asyncio.to_thread(fake.entered.wait, 5)  # the first bulk batch is running
     bulk = asyncio.create_task(batcher.embed_images([row(1.0)] * 4, urgent=False))
-    await asyncio.sleep(0.01)
+    await until_accepted(batcher, 8)
     query = asyncio.create_task(batcher.embed_images([row(2.0)], urgent=True))
     text = asyncio.create_task(batcher.embed_text(["cat"]))
-    await asyncio.sleep(0.01)
+    await until_accepted(batcher, 10)
     fake.gate.set()
     await asyncio.gather(first, bulk, query, text)
     assert fake.calls == [("image", 4), ("image", 1), ("text", 1), ("image", 4)]
@@ -68,7 +77,7 @@ async def test_queries_run_between_the_steps_of_a_bulk_pass(
     assert await asyncio.to_thread(fake.stepped.wait, 5)  # the bulk pass is between steps
     query = asyncio.create_task(batcher.embed_images([row(9.0)], urgent=True))
     text = asyncio.create_task(batcher.embed_text(["cat"]))
-    await asyncio.sleep(0.01)
+    await until_accepted(batcher, 6)
     fake.step_gate.set()
     vectors, image, texts = await asyncio.gather(bulk, query, text)
     # the bulk pass had started first, yet both queries ran before its forward pass ended
@@ -114,7 +123,7 @@ async def test_stop_cancels_the_worker_and_fails_waiting_callers(fake: FakeEncod
     running = asyncio.create_task(b.embed_images([row(1.0)] * 2, urgent=False))
     await asyncio.to_thread(fake.entered.wait, 5)
     waiting = asyncio.create_task(b.embed_images([row(2.0)], urgent=False))
-    await asyncio.sleep(0.01)
+    await until_accepted(b, 3)
     await b.stop()
     fake.gate.set()
     assert not b.running

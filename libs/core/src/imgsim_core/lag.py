@@ -19,6 +19,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
+from imgsim_core.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 CONSUMER_LAG = Gauge(
@@ -57,10 +59,7 @@ class ConsumerLag:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def sample(self) -> dict[tuple[str, str, str], int]:
         """Update the gauge now; returns the lag by (group, topic, partition)."""

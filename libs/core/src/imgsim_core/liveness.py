@@ -21,7 +21,6 @@ The checks run in the metrics server's thread and read only what the loop wrote.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import threading
 import time
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from faststream import BaseMiddleware
+
+from imgsim_core.tasks import cancel_and_wait
 
 STARTING = "starting"
 
@@ -66,10 +67,7 @@ class Liveness:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._beat = None  # stopping: no longer alive
 
     def check(self, now: float | None = None) -> Verdict:

@@ -31,6 +31,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from imgsim_core.kafka import header, now_ms, produced_headers, send_acked
+from imgsim_core.tasks import cancel_and_wait
 from imgsim_core.topics import Header
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,7 @@ class Requester:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         if self._consumer is not None:
             await self._consumer.stop()
         for future in self._pending.values():

@@ -42,6 +42,7 @@ import torch
 from opentelemetry.trace import SpanContext, get_current_span
 from prometheus_client import Histogram
 
+from imgsim_core.tasks import cancel_and_wait
 from imgsim_core.tracing import batch_step, linked_span
 from imgsim_embedder.errors import BatcherClosedError, InferenceError
 from imgsim_embedder.model import ImageEncoder, Steps, Vectors
@@ -101,6 +102,7 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._preempted_s = 0.0  # urgent work run inside the current bulk pass
+        self.accepted = 0  # rows taken into a queue since construction, all kinds
 
     @property
     def running(self) -> bool:
@@ -115,10 +117,7 @@ class MicroBatcher:
     async def stop(self) -> None:
         """Cancel the worker, fail the rows still waiting, release the inference thread."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         closed = BatcherClosedError("the embedder is stopping")
         _fail(self._urgent, closed)
         _fail(self._texts, closed)
@@ -148,6 +147,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         rows = [_Row(p, loop.create_future()) for p in payloads]
         queue.extend(rows)
+        self.accepted += len(rows)
         self._arrived.set()
         vectors = await asyncio.gather(*(r.future for r in rows))
         return np.stack(vectors)

@@ -8,7 +8,6 @@ HTTP responses here, in one place, with one body shape.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -32,6 +31,7 @@ from imgsim_core.asyncapi import asyncapi_document, contract_broker
 from imgsim_core.kafka import ensure_topics, make_producer
 from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
+from imgsim_core.tasks import cancel_and_wait
 from imgsim_gateway.cache import SearchCache
 from imgsim_gateway.checks import ImageChecks
 from imgsim_gateway.content import ContentReader
@@ -192,10 +192,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             log.info("gateway ready; replies on %s", requester.reply_topic)
             yield
         finally:
-            if sampler is not None:
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
+            await cancel_and_wait(sampler)
             await content.stop()
             await kafka_stats.stop()
             await requester.stop()

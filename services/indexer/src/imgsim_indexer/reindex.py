@@ -50,7 +50,6 @@ live writes of most deployments while it runs.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -59,6 +58,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from imgsim_core.contracts import ReindexStatus
+from imgsim_core.tasks import cancel_and_wait
 from imgsim_indexer.errors import ReindexRefusedError, StoreError
 from imgsim_indexer.operations import plan_batch
 from imgsim_indexer.serving import Collections
@@ -154,11 +154,7 @@ class Reindexer:
         return (await self.status()).model_copy(update={"dropped": dropped})
 
     async def stop(self) -> None:
-        for task in (self._task, self._dropper, self._closer):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._task, self._dropper, self._closer)
 
     @property
     def _running(self) -> bool:
