@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsim_core import __version__
 from imgsim_core.asyncapi import asyncapi_document, contract_broker
-from imgsim_core.kafka import ensure_topics, make_producer
+from imgsim_core.kafka import Outage, ensure_topics, make_producer
 from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
 from imgsim_core.tasks import cancel_and_wait
@@ -173,7 +173,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             },
         )
         checks = ImageChecks(settings.limits, settings.decode_budget_pixels)
-        indexer = IndexerClient(settings, requester)
+        outage = Outage("Kafka", log)  # produce and request/reply fail together
+        indexer = IndexerClient(settings, requester, outage)
         content = ContentReader(
             kafka, redis, checks.decoding, thumbnail_ttl_s=settings.thumbnail_cache_ttl_s
         )
@@ -183,7 +184,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await kafka_stats.start()
             await content.start()
             sampler = asyncio.create_task(_sample_rates(kafka_stats), name="imgsim-rates")
-            app.state.writes = Writes(settings, producer, checks, indexer)
+            app.state.writes = Writes(settings, producer, checks, indexer, outage)
             app.state.searches = Searches(settings, cache, checks, indexer)
             app.state.indexer = indexer
             app.state.content = content

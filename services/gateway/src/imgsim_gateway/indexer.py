@@ -62,12 +62,12 @@ def reply_error(message: str, code: ErrorCode | None, fallback: str) -> GatewayE
 
 
 class IndexerClient:
-    def __init__(self, settings: GatewaySettings, requester: Requester) -> None:
+    def __init__(self, settings: GatewaySettings, requester: Requester, outage: Outage) -> None:
         self.settings = settings
         self.topics: Topics = settings.kafka.topics
         self._requester = requester
         self._status: tuple[float, IndexerStatus] | None = None
-        self._outage = Outage("asking over Kafka", log)
+        self._outage = outage  # shared with the writes: one Kafka outage, said once
 
     @property
     def in_flight(self) -> int:

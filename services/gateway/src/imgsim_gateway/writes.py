@@ -51,13 +51,14 @@ class Writes:
         producer: AIOKafkaProducer,
         checks: ImageChecks,
         indexer: IndexerClient,
+        outage: Outage,
     ) -> None:
         self.settings = settings
         self.topics = settings.kafka.topics
         self._producer = producer
         self._checks = checks
         self._indexer = indexer
-        self._outage = Outage("producing to Kafka", log)
+        self._outage = outage  # shared with the indexer client: one Kafka outage
 
     async def submit_image(self, image_id: str, data: bytes, metadata: Metadata) -> Written:
         """Produce the image event and return once the broker has it (durable)."""
