@@ -1,0 +1,132 @@
+"""The gateway's domain pieces without a broker: image checks, the search query's cache
+identity, and how the indexer client turns answers (or none) into HTTP errors."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, cast
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from PIL import Image
+
+from imgsim_core.contracts import Crop, Example, ImageRecord, ReindexStatus
+from imgsim_core.kafka import Outage
+from imgsim_core.requestreply import Requester, RequestTimeoutError
+from imgsim_core.settings import ImageLimits
+from imgsim_gateway.checks import ImageChecks
+from imgsim_gateway.errors import (
+    BadRequestError,
+    InvalidImageError,
+    PayloadTooLargeError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from imgsim_gateway.indexer import IndexerClient
+from imgsim_gateway.searching import Query
+from imgsim_gateway.settings import GatewaySettings
+
+
+def jpeg(width: int = 64, height: int = 48) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+CHECKS = ImageChecks(ImageLimits(max_bytes=64 * 1024, max_metadata_bytes=64), 10_000_000)
+
+
+async def test_a_whole_image_passes_with_its_content_type() -> None:
+    assert await CHECKS.image(jpeg()) == "image/jpeg"
+    assert await CHECKS.image(jpeg(), Crop(x=0, y=0, w=10, h=10)) == "image/jpeg"
+
+
+async def test_a_truncated_image_is_a_422_and_an_oversized_one_a_413() -> None:
+    with pytest.raises(InvalidImageError) as truncated:
+        await CHECKS.image(jpeg()[:200])
+    assert truncated.value.status_code == 422
+    with pytest.raises(PayloadTooLargeError):
+        await CHECKS.image(b"\xff\xd8\xff" + bytes(70 * 1024))
+
+
+async def test_a_crop_outside_the_image_is_refused() -> None:
+    with pytest.raises(InvalidImageError):
+        await CHECKS.image(jpeg(), Crop(x=60, y=0, w=10, h=10))
+
+
+def test_metadata_is_held_to_its_limit() -> None:
+    assert CHECKS.metadata({"a": 1}) == b'{"a":1}'
+    with pytest.raises(BadRequestError) as big:
+        CHECKS.metadata({"text": "x" * 64})
+    assert big.value.code == "metadata_too_large"
+
+
+def test_the_cache_identity_of_a_query() -> None:
+    image = Query(image=b"bytes")
+    assert image.cache_subject != Query(image=b"bytes", crop=Crop(x=0, y=0, w=1, h=1)).cache_subject
+    assert image.cache_subject != Query(text="bytes").cache_subject
+    assert Query(like_image_id="a").cache_subject is None  # a search by id: no embedding
+    one = Query(positive=(Example(image="aGVsbG8="),))
+    same = Query(positive=(Example(image="aGVsbG8="),))
+    other = Query(positive=(Example(image="aGVsbG8="),), negative=(Example(text="dog"),))
+    assert one.cache_subject == same.cache_subject != other.cache_subject
+    assert b"aGVsbG8=" not in (one.cache_subject or b"")  # images count by their hash
+
+
+def test_which_queries_need_the_embedder() -> None:
+    assert Query(image=b"x").needs_embedding
+    assert Query(text="a cat").needs_embedding
+    assert not Query(like_image_id="a").needs_embedding
+    assert not Query(
+        positive=(Example(image_id="a"),), negative=(Example(image_id="b"),)
+    ).needs_embedding
+    assert Query(positive=(Example(image_id="a"),), negative=(Example(text="dog"),)).needs_embedding
+
+
+class Answers:
+    """Stands in for the request/reply round trip: answers with what it is given."""
+
+    def __init__(self, answer: bytes | BaseException) -> None:
+        self.answer = answer
+        self.pending = 0
+        self.asked: list[str] = []
+
+    async def request(self, topic: str, value: bytes, *, timeout_s: float) -> bytes:
+        self.asked.append(topic)
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def client(answer: bytes | BaseException) -> IndexerClient:
+    outage = Outage("Kafka")
+    return IndexerClient(GatewaySettings(), cast(Requester, Answers(answer)), outage)
+
+
+async def test_an_answer_becomes_the_reply_model() -> None:
+    record = ImageRecord(image_id="a", found=True).model_dump_json().encode()
+    assert (await client(record).lookup("a")).found
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        pytest.param(RequestTimeoutError(), UpstreamTimeoutError, id="no-answer-is-504"),
+        pytest.param(KafkaConnectionError(), UpstreamError, id="kafka-down-is-503"),
+        pytest.param(b"{not json", UpstreamError, id="malformed-answer-is-503"),
+        pytest.param(
+            ImageRecord(image_id="a", found=False, error="store down").model_dump_json().encode(),
+            UpstreamError,
+            id="error-reply-is-503",
+        ),
+    ],
+)
+async def test_failed_lookups_become_http_errors(answer: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        await client(answer).lookup("a")
+
+
+async def test_a_bad_reindex_request_is_the_clients_fault() -> None:
+    status = ReindexStatus(state="failed", collection="images", error="bad_request: no")
+    with pytest.raises(BadRequestError):
+        await client(status.model_dump_json().encode()).reindex("start")
