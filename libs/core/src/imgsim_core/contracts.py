@@ -170,14 +170,17 @@ class SearchParams(_Event):
     """What every search asks for, whatever its query."""
 
     top_k: TopK = 10
-    threshold: Threshold | None = None
+    threshold: Threshold | None = Field(default=None, examples=[0.7])
     include_metadata: bool = True
-    include_vectors: bool = False
+    include_vectors: bool = Field(
+        default=False, description="Each result with its embedding (L2-normalised floats)."
+    )
     filter: Filter = Field(
         default=None,
-        description="Metadata conditions, all of which must hold: key → value, list of "
-        "values (any), or range {gte, lte, gt, lt}.",
-        examples=[{"tags": "cat", "year": {"gte": 2020}}],
+        description="Metadata conditions that must all hold. A value matches exactly (on a "
+        "list field, any item); a list matches any of its values; {gte, lte, gt, lt} is a "
+        "numeric range.",
+        examples=[{"tags": "nature", "source": ["user_upload", "crawler"], "year": {"gte": 2020}}],
     )
 
 

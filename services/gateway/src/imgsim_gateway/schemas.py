@@ -20,8 +20,8 @@ from imgsim_core.contracts import (
     FiniteMetadata,
     Metadata,
     QueryText,
+    SearchParams,
     Threshold,
-    TopK,
     Weight,
 )
 from imgsim_core.ids import ImageId
@@ -109,20 +109,11 @@ class ReindexRequest(_Body):
     )
 
 
-class SearchOptions(_Body):
-    top_k: TopK = 10
-    threshold: Threshold | None = Field(default=None, examples=[0.7])
-    include_metadata: bool = True
-    include_vectors: bool = Field(
-        default=False, description="Each result with its embedding (L2-normalised floats)."
-    )
-    filter: Filter = Field(
-        default=None,
-        description="Metadata conditions that must all hold. A value matches exactly (on a "
-        "list field, any item); a list matches any of its values; {gte, lte, gt, lt} is a "
-        "numeric range.",
-        examples=[{"tags": "nature", "source": ["user_upload", "crawler"], "year": {"gte": 2020}}],
-    )
+class SearchOptions(SearchParams):
+    """What every search asks for, whatever its query: the contract's own fields
+    (:class:`~imgsim_core.contracts.SearchParams`), held to a request body's rules."""
+
+    model_config = _Body.model_config
 
 
 class SearchRequest(SearchOptions):
