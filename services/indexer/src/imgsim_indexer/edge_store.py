@@ -22,12 +22,7 @@ Decisions:
   PayloadSchemaType.…)`` for each configured key (and a keyword index on
   ``content_sha256``, for exact duplicates) whose index is missing from
   ``shard.info().payload_schema`` or has another type (indexes persist in the shard).
-- Filters render :mod:`imgsim_indexer.filters` clauses as ``qe.Filter(must=[...])`` of
-  ``FieldCondition`` (``MatchValue`` / ``MatchAny`` / ``RangeFloat``), nested
-  ``qe.Filter(should=...)`` for "any of", ``HasIdCondition`` in ``must_not`` for left-out
-  images. qdrant-edge-py 0.9 turns a Python ``bool`` in ``MatchValue`` into the integer
-  0/1, which matches no boolean payload; a ``numpy.bool_`` reaches its Bool variant, so
-  booleans are passed as that.
+- Filters: :func:`~imgsim_indexer.qdrant_filters.edge_filter`.
 """
 
 from __future__ import annotations
@@ -48,7 +43,7 @@ import qdrant_edge as qe
 from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.errors import RequestError, StoreConfigError, StoreError, StoreNotOpenError
-from imgsim_indexer.filters import Between, Clause, Match, MatchAny, clauses, metadata_path
+from imgsim_indexer.filters import Match, metadata_path
 from imgsim_indexer.payload import (
     CONTENT_SHA256,
     IMAGE_ID,
@@ -64,6 +59,7 @@ from imgsim_indexer.payload import (
     to_payload,
     vector_or_none,
 )
+from imgsim_indexer.qdrant_filters import edge_filter
 from imgsim_indexer.store import check_droppable, collection_version
 
 log = logging.getLogger(__name__)
@@ -158,7 +154,7 @@ class EdgeStore:
             query=qe.Query.Nearest(_floats(vector)),
             with_payload=True if with_metadata else qe.PayloadSelector.Include([IMAGE_ID]),
             with_vector=with_vectors,
-            filter=_filter(filter, exclude),
+            filter=edge_filter(filter, exclude),
             score_threshold=threshold,
         )
         found = await self._call(lambda: self._opened().query(request))
@@ -173,7 +169,7 @@ class EdgeStore:
         def scroll() -> tuple[list[qe.Record], qe.PointId | None]:
             # Built in the call, so a bad cursor is a StoreError like any other.
             return self._opened().scroll(qe.ScrollRequest(
-                offset=cursor, limit=limit, filter=_filter(filter, ()),
+                offset=cursor, limit=limit, filter=edge_filter(filter, ()),
                 with_payload=qe.PayloadSelector.Include(SCAN_FIELDS), with_vector=True,
             ))  # fmt: skip
 
@@ -186,7 +182,7 @@ class EdgeStore:
     ) -> list[str]:
         same = Match(CONTENT_SHA256, content_sha256)
         request = qe.ScrollRequest(
-            limit=limit, filter=_filter(filter, (), same),
+            limit=limit, filter=edge_filter(filter, (), same),
             with_payload=qe.PayloadSelector.Include([IMAGE_ID]), with_vector=False,
         )  # fmt: skip
         records, _ = await self._call(lambda: self._opened().scroll(request))
@@ -298,33 +294,6 @@ class EdgeStore:
         if shard is not None:
             shard.flush()
             shard.close()
-
-
-def _filter(
-    conditions: Mapping[str, Condition] | None, exclude: Sequence[str], *also: Clause
-) -> qe.Filter | None:
-    must = [_condition(c) for c in (*clauses(conditions), *also)]
-    must_not: list[qe.ConditionType] = (
-        [qe.HasIdCondition({point_id(i) for i in exclude})] if exclude else []
-    )
-    if not must and not must_not:
-        return None
-    return qe.Filter(must=must or None, must_not=must_not or None)
-
-
-def _condition(clause: Clause) -> qe.ConditionType:
-    if isinstance(clause, Match):
-        # numpy.bool_: qdrant-edge-py 0.9 reads a Python bool as the integer 0/1 (see above).
-        value = np.bool_(clause.value) if isinstance(clause.value, bool) else clause.value
-        return qe.FieldCondition(clause.path, match=qe.MatchValue(value))  # type: ignore[arg-type]
-    if isinstance(clause, MatchAny):
-        return qe.FieldCondition(clause.path, match=qe.MatchAny(clause.values))
-    if isinstance(clause, Between):
-        bounds = qe.RangeFloat(gte=clause.gte, gt=clause.gt, lte=clause.lte, lt=clause.lt)
-        return qe.FieldCondition(clause.path, range=bounds)
-    if clause.clauses:
-        return qe.Filter(should=[_condition(c) for c in clause.clauses])
-    return qe.HasIdCondition(set())  # an empty "any of": nothing matches
 
 
 def _floats(vector: Vector) -> list[float]:

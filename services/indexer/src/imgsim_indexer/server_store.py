@@ -20,10 +20,7 @@ Decisions:
   for exact duplicates) the collection's
   ``payload_schema`` lacks (or holds with another type). qdrant-client's local mode
   ignores payload indexes (it warns), filters still work there.
-- Filters render :mod:`imgsim_indexer.filters` clauses as ``models.Filter(must=[...])``
-  of ``FieldCondition`` (``MatchValue`` / ``MatchAny`` / ``Range``), nested
-  ``Filter(should=...)`` for "any of", ``HasIdCondition`` in ``must_not`` for left-out
-  images.
+- Filters: :func:`~imgsim_indexer.qdrant_filters.server_filter`.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.errors import StoreConfigError, StoreError, StoreNotOpenError
-from imgsim_indexer.filters import Between, Clause, Match, MatchAny, clauses, metadata_path
+from imgsim_indexer.filters import Match, metadata_path
 from imgsim_indexer.payload import (
     CONTENT_SHA256,
     IMAGE_ID,
@@ -55,6 +52,7 @@ from imgsim_indexer.payload import (
     to_payload,
     vector_or_none,
 )
+from imgsim_indexer.qdrant_filters import server_filter
 from imgsim_indexer.store import check_droppable, collection_version
 
 log = logging.getLogger(__name__)
@@ -247,7 +245,7 @@ class ServerStore:
         exclude: Sequence[str] = (),
         with_vectors: bool = False,
     ) -> list[Hit]:
-        query_filter = _filter(filter, exclude)
+        query_filter = server_filter(filter, exclude)
         async with self._errors("search"):
             response = await self._opened().query_points(
                 self._target,
@@ -268,7 +266,7 @@ class ServerStore:
     ) -> tuple[list[Scanned], str | None]:
         async with self._errors("scroll"):
             records, after = await self._opened().scroll(
-                self._target, scroll_filter=_filter(filter, ()), limit=limit, offset=cursor,
+                self._target, scroll_filter=server_filter(filter, ()), limit=limit, offset=cursor,
                 with_payload=SCAN_FIELDS, with_vectors=True,
             )  # fmt: skip
         found = [scanned(r.id, r.payload, r.vector) for r in records]
@@ -280,7 +278,7 @@ class ServerStore:
         same = Match(CONTENT_SHA256, content_sha256)
         async with self._errors("scroll"):
             records, _ = await self._opened().scroll(
-                self._target, scroll_filter=_filter(filter, (), same), limit=limit,
+                self._target, scroll_filter=server_filter(filter, (), same), limit=limit,
                 with_payload=[IMAGE_ID], with_vectors=False,
             )  # fmt: skip
         return [(r.payload or {})[IMAGE_ID] for r in records]
@@ -332,28 +330,3 @@ class ServerStore:
             raise
         except _CLIENT_ERRORS as exc:
             raise StoreError(f"qdrant {operation} failed: {exc}") from exc
-
-
-def _filter(
-    conditions: Mapping[str, Condition] | None, exclude: Sequence[str], *also: Clause
-) -> models.Filter | None:
-    must = [_condition(c) for c in (*clauses(conditions), *also)]
-    must_not: list[models.Condition] = (
-        [models.HasIdCondition(has_id=[point_id(i) for i in exclude])] if exclude else []
-    )
-    if not must and not must_not:
-        return None
-    return models.Filter(must=must or None, must_not=must_not or None)
-
-
-def _condition(clause: Clause) -> models.Condition:
-    if isinstance(clause, Match):
-        return models.FieldCondition(key=clause.path, match=models.MatchValue(value=clause.value))
-    if isinstance(clause, MatchAny):
-        return models.FieldCondition(key=clause.path, match=models.MatchAny(any=clause.values))
-    if isinstance(clause, Between):
-        bounds = models.Range(gte=clause.gte, gt=clause.gt, lte=clause.lte, lt=clause.lt)
-        return models.FieldCondition(key=clause.path, range=bounds)
-    if clause.clauses:
-        return models.Filter(should=[_condition(c) for c in clause.clauses])
-    return models.HasIdCondition(has_id=[])  # an empty "any of": nothing matches
