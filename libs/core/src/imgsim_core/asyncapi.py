@@ -3,7 +3,8 @@
 FastStream generates the document from a broker that declares every topic of the
 contract with its payload model (this module's :func:`contract_broker`); the generated
 document is then completed with what FastStream cannot express itself: each message's
-Kafka key and headers. The gateway serves it at ``/asyncapi.json`` (and ``/asyncapi``),
+Kafka key and headers. The gateway serves it at ``/asyncapi.json`` and renders the same
+document at ``/asyncapi`` (:class:`Completed`),
 ``docs/asyncapi.json`` holds a copy, and a test checks that both match the code and that
 every topic the services consume is in it.
 """
@@ -163,6 +164,22 @@ def asyncapi_document(topics: Topics | None = None) -> dict[str, Any]:
                     "bindingVersion": "0.5.0",
                 }
     return document
+
+
+class Completed:
+    """The completed document in the shape FastStream's AsyncAPI page reads of a
+    specification (``title``, ``to_json()``), so ``/asyncapi`` shows exactly what
+    ``/asyncapi.json`` serves: keys and headers included."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+
+    @property
+    def title(self) -> str:
+        return str(self.document.get("info", {}).get("title", "imgsim"))
+
+    def to_json(self) -> str:
+        return json.dumps(self.document)
 
 
 def _channel_title(channel: dict[str, Any], topics: Topics) -> str:
