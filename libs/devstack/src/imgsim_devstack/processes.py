@@ -1,4 +1,10 @@
-"""Start, wait for and stop the processes of the local stack, each tracked by its PID."""
+"""Start, wait for and stop the processes of the local stack, each tracked by its PID.
+
+Each process appends to its log file (``.stack/logs/<name>.log``), so the log of a run
+that crashed is still there after the next start; everything that judges *this* run —
+the ready line, the tail shown when a process exits early — reads only the lines written
+since its start (:meth:`_Process.log_of_this_run`), never a previous run's.
+"""
 
 from __future__ import annotations
 
@@ -75,6 +81,8 @@ class _Process:
 
     def _spawn(self, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log is not None:
+            self._log.close()  # the previous run's handle
         self._log = self.log_path.open("ab")
         self._log_start = self._log.tell()
         self.proc = subprocess.Popen(
@@ -100,9 +108,8 @@ class _Process:
             raise StackError(f"{self.name} exited early; last log lines:\n{tail}")
 
     def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        """The last lines of this run's log."""
+        return "\n".join(self.log_of_this_run().splitlines()[-lines:])
 
     def log_of_this_run(self) -> str:
         """The log since the last start: a restarted process's old lines do not count."""
