@@ -26,6 +26,11 @@
   (and ``deadline`` header), so the indexer answers the gateway directly.
   ``no_reply=True`` keeps FastStream from sending the handler's return value to
   ``reply_to`` itself. ``max_workers`` lets several queries wait in the batcher together.
+
+The router is built by :func:`build_router` rather than declared at module level for
+the reason the indexer's is (:mod:`imgsim_indexer.handlers`): topic names and groups
+come from the settings; the resources arrive through the :class:`StateHolder` once the
+app has started them.
 """
 
 from __future__ import annotations

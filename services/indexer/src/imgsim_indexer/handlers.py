@@ -16,6 +16,20 @@
 - A search's query vector comes from :mod:`imgsim_indexer.queries`; which collection it
   searches, from :class:`~imgsim_indexer.serving.Collections`.
 - ``duplicates`` answers :class:`DuplicatesRequested` (:mod:`imgsim_indexer.duplicates`).
+
+Why the router is built by a function and its handlers take raw messages:
+
+- The topic names, group ids and fetch settings of every subscriber come from the
+  settings (a deployment's topic prefix among them), and FastStream needs them when a
+  subscriber is declared; a module-level router would have to read the environment at
+  import. So :func:`build_router` declares the subscribers and closes over
+  :class:`IndexerState`, the one object that carries the resources the lifespan opens.
+- A typed body would make FastStream validate before the handler runs, and a request
+  that fails validation would get no reply at all: the asker would wait for its timeout.
+  The raw body and :func:`~imgsim_core.responders.decode_request` answer it with
+  ``bad_request`` instead. For the same reason the AsyncAPI document is declared from
+  the payload models (:mod:`imgsim_core.asyncapi`), not read from these subscribers,
+  whose bodies are bytes; a test checks that every topic they consume is in it.
 """
 
 from __future__ import annotations
