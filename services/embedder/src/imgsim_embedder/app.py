@@ -21,9 +21,9 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
 from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
-from imgsim_core.lag import ConsumerLag
 from imgsim_core.liveness import Liveness
-from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
+from imgsim_core.service import consumer_app
+from imgsim_core.telemetry import serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
@@ -83,7 +83,6 @@ def create_app(settings: EmbedderSettings) -> FastStream:
         max_request_size=max_request_size(settings.kafka),
     )
     broker.include_router(build_router(settings, holder))
-    lag = ConsumerLag(broker)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -94,17 +93,4 @@ def create_app(settings: EmbedderSettings) -> FastStream:
             finally:
                 holder.set(None)
 
-    app = FastStream(broker, lifespan=lifespan)
-    app.after_startup(lag.start)
-    app.on_shutdown(lag.stop)
-    app.on_shutdown(liveness.stop)
-
-    @app.after_startup
-    async def beat() -> None:
-        await liveness.start(broker)
-
-    @app.after_startup
-    async def announce() -> None:
-        log.info("%s: embedder consuming", READY_MESSAGE)
-
-    return app
+    return consumer_app(broker, lifespan, liveness, "embedder")

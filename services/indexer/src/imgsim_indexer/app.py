@@ -18,11 +18,11 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 
 from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
-from imgsim_core.lag import ConsumerLag
 from imgsim_core.liveness import Liveness
 from imgsim_core.redisclient import make_redis
+from imgsim_core.service import consumer_app
 from imgsim_core.settings import QdrantSettings
-from imgsim_core.telemetry import READY_MESSAGE, serve_metrics
+from imgsim_core.telemetry import serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import StoreConfigError
@@ -84,7 +84,6 @@ def create_app(settings: IndexerSettings) -> FastStream:
         max_request_size=max_request_size(settings.kafka),  # replies carry metadata
     )
     broker.include_router(build_router(settings, state))
-    lag = ConsumerLag(broker)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -116,17 +115,4 @@ def create_app(settings: IndexerSettings) -> FastStream:
             await reindexer.stop()
             await collections.live.close()
 
-    app = FastStream(broker, lifespan=lifespan)
-    app.after_startup(lag.start)
-    app.on_shutdown(lag.stop)
-    app.on_shutdown(liveness.stop)
-
-    @app.after_startup
-    async def beat() -> None:
-        await liveness.start(broker)
-
-    @app.after_startup
-    async def announce() -> None:
-        log.info("%s: indexer consuming", READY_MESSAGE)
-
-    return app
+    return consumer_app(broker, lifespan, liveness, "indexer")
