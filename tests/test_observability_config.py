@@ -111,15 +111,27 @@ def exported() -> dict[str, frozenset[str]]:
 
 @cache
 def gateway_routes() -> frozenset[str]:
-    """The values of the gateway's ``route`` label: its route templates."""
+    """The values of the gateway's ``route`` label, as its middleware records them: one
+    request to every operation (nothing is connected, so most answer 500; the label does
+    not depend on the status), plus the mounts and the unmatched label. Reading the route
+    table instead misses how routers nest: a nested router's routes are labelled without
+    the outer prefix."""
+    from fastapi.testclient import TestClient
+
     from imgsim_gateway.app import create_app
-    from imgsim_gateway.observability import UNMATCHED
-    from imgsim_gateway.routes import open_router, router
+    from imgsim_gateway.observability import REQUESTS, UNMATCHED
     from imgsim_gateway.settings import GatewaySettings
 
     app = create_app(GatewaySettings())  # no lifespan: nothing is connected
-    routes = [*app.routes, *router.routes, *open_router.routes]
-    return frozenset({r.path for r in routes if isinstance(r, Route | Mount)} | {UNMATCHED})
+    client = TestClient(app, raise_server_exceptions=False)
+    operations = [(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops]
+    # and the app's own routes outside the schema (/metrics, the docs, the page)
+    operations += [(m, r.path) for r in app.routes if isinstance(r, Route) for m in r.methods or ()]
+    for method, path in operations:
+        client.request(method, re.sub(r"\{[^}]+\}", "x", path))
+    seen = {sample.labels["route"] for sample in next(iter(REQUESTS.collect())).samples}
+    mounts = {r.path for r in app.routes if isinstance(r, Mount)}
+    return frozenset(seen | mounts | {UNMATCHED})
 
 
 # ---------------------------------------------------------------------------------------

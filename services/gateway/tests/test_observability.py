@@ -31,3 +31,24 @@ async def test_requests_are_counted_by_route_template() -> None:
     text = response.text
     assert 'imgsim_gateway_requests_total{method="GET",route="/api/v1/health",status="200"}' in text
     assert "# TYPE imgsim_gateway_cache_hits_total counter" in text  # exported before any hit
+
+
+async def test_every_route_is_labelled_with_its_whole_template() -> None:
+    """Routes from every router keep the ``/api/v1`` prefix in their label (a nested router
+    would drop it), and the scrape itself is ``/metrics``, not ``<unmatched>``."""
+    app = create_app(GatewaySettings())
+    scrape = {"method": "GET", "route": "/metrics", "status": "200"}
+    before = sample("imgsim_gateway_requests_total", **scrape)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        await client.get("/metrics")
+        # Nothing is connected: these fail, but they are still counted by their template.
+        await client.post("/api/v1/search/text", json={"text": "a cat"})
+        await client.get("/api/v1/images/cat-1")
+        await client.get("/api/v1/stats")
+    assert sample("imgsim_gateway_requests_total", **scrape) == before + 1
+    routes = {
+        s.labels["route"] for m in REGISTRY.collect() for s in m.samples if "route" in s.labels
+    }
+    assert {"/api/v1/search/text", "/api/v1/images/{image_id:imageid}", "/api/v1/stats"} <= routes
+    assert not {"/search/text", "/images/{image_id:imageid}"} & routes

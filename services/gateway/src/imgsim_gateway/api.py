@@ -16,7 +16,15 @@ from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
 from imgsim_gateway.indexer import IndexerClient
 from imgsim_gateway.schemas import ErrorBody
 from imgsim_gateway.searching import Searches
+from imgsim_gateway.security import enforce_rate_limit, require_api_key
 from imgsim_gateway.writes import Writes
+
+API_PREFIX = "/api/v1"
+# Everything under the prefix except health needs a key (when keys are set) and is
+# rate-limited. Each router carries the prefix and the checks itself and the app includes
+# them side by side: a router nested in another reports its routes to the metrics and the
+# spans without the outer prefix (``/search`` for ``/api/v1/search``).
+PROTECTED = [Depends(require_api_key), Depends(enforce_rate_limit)]
 
 
 def failures(*codes: int) -> dict[int | str, dict[str, object]]:

@@ -39,7 +39,7 @@ from imgsim_gateway.errors import GatewayError
 from imgsim_gateway.indexer import IndexerClient
 from imgsim_gateway.kafkastats import KafkaStats
 from imgsim_gateway.observability import instrument
-from imgsim_gateway.routes import open_router, router
+from imgsim_gateway.routes import include_api
 from imgsim_gateway.searching import Searches
 from imgsim_gateway.settings import GatewaySettings
 from imgsim_gateway.writes import Writes
@@ -208,7 +208,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started = time.monotonic()
-    app.include_router(open_router)
     contract = asyncapi_document(settings.kafka.topics)
 
     @app.get("/asyncapi.json", tags=["contract"], summary="AsyncAPI document of the topics")
@@ -221,7 +220,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         # FastStream's page reads only title and to_json() of its specification.
         return get_asyncapi_html(cast(Specification, Completed(contract)))
 
-    app.include_router(router)
+    include_api(app)
     app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
 
     @app.get("/", include_in_schema=False)

@@ -17,6 +17,8 @@ from imgsim_core.contracts import (
 )
 from imgsim_core.ids import IMAGE_ID_RULE, MAX_IMAGE_ID_LENGTH, check_image_id
 from imgsim_gateway.api import (
+    API_PREFIX,
+    PROTECTED,
     CheckDuplicates,
     ImageIdPath,
     IndexerDep,
@@ -45,7 +47,7 @@ from imgsim_gateway.writes import Writes
 
 log = logging.getLogger(__name__)
 _METADATA: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(FiniteMetadata)
-router = APIRouter()
+router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED)
 
 
 async def _index(writes: Writes, indexer: IndexerClient, image_id: str, data: bytes,

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi import status as http
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -24,6 +24,8 @@ from imgsim_core.contracts import (
 )
 from imgsim_gateway import image_routes, search_routes
 from imgsim_gateway.api import (
+    API_PREFIX,
+    PROTECTED,
     IndexerDep,
     SearchesDep,
     WritesDep,
@@ -38,19 +40,17 @@ from imgsim_gateway.schemas import (
     Stats,
     TopicLag,
 )
-from imgsim_gateway.security import enforce_rate_limit, require_api_key
 
 log = logging.getLogger(__name__)
 
-# Health stays open; everything else needs a key (when keys are set) and is rate-limited.
-open_router = APIRouter(prefix="/api/v1", tags=["health"])
-router = APIRouter(
-    prefix="/api/v1", dependencies=[Depends(require_api_key), Depends(enforce_rate_limit)]
-)
+open_router = APIRouter(prefix=API_PREFIX, tags=["health"])
+router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED)
 
 
-router.include_router(image_routes.router)
-router.include_router(search_routes.router)
+def include_api(app: FastAPI) -> None:
+    """Put every ``/api/v1`` router on ``app``, side by side (see :data:`PROTECTED`)."""
+    for each in (open_router, image_routes.router, search_routes.router, router):
+        app.include_router(each)
 
 
 @router.get("/stats", response_model=Stats, responses=failures(503, 504), summary="Statistics")

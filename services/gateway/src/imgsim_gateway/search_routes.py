@@ -15,6 +15,8 @@ from imgsim_core.contracts import (
     SearchParams,
 )
 from imgsim_gateway.api import (
+    API_PREFIX,
+    PROTECTED,
     IndexerDep,
     SearchesDep,
     failures,
@@ -37,7 +39,7 @@ from imgsim_gateway.schemas import (
 from imgsim_gateway.searching import Query as SearchQuery
 from imgsim_gateway.searching import Searches
 
-router = APIRouter()
+router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED)
 
 
 async def _search(searches: Searches, query: SearchQuery, options: SearchParams) -> SearchResponse:
