@@ -6,22 +6,15 @@ Decisions:
   which serialises writes (one writer per shard) and never blocks the event loop. Reads
   queue behind writes; a search is sub-millisecond, so this costs little and keeps the
   shard single-threaded from Python's side.
-- Layout: ``<path>/<collection>/CURRENT`` names the real shard directory
-  (``<collection>_v1`` on first open), which sits beside it. CURRENT is the Edge
-  counterpart of the server's alias: a reindex can build ``<collection>_v2`` next to it
-  and switch by replacing CURRENT atomically (:mod:`imgsim_indexer.reindex`).
+- ``<path>/<collection>/CURRENT`` names the real shard, the Edge counterpart of the
+  server's alias; how a shard is opened, checked and indexed is
+  :mod:`imgsim_indexer.edge_setup`.
 - Durability: the shard keeps its write-ahead log (the default), so an update survives a
   process crash once ``update()`` returns; on top of that every ``upsert``/``delete``
   calls ``flush()`` before returning, which writes the segments to disk (~5 ms per
   64-point batch here). Only then may the caller commit the Kafka offsets.
-- Opening an existing shard passes the configuration, so Qdrant Edge checks it: another
-  dimension fails at start with :class:`~imgsim_indexer.errors.StoreConfigError`.
 - Qdrant Edge raises plain ``Exception``; :meth:`EdgeStore._call` is the one place that
   turns those into :class:`~imgsim_indexer.errors.StoreError`.
-- Payload indexes: ``open`` runs ``UpdateOperation.create_field_index("metadata.<key>",
-  PayloadSchemaType.…)`` for each configured key (and a keyword index on
-  ``content_sha256``, for exact duplicates) whose index is missing from
-  ``shard.info().payload_schema`` or has another type (indexes persist in the shard).
 - Filters: :func:`~imgsim_indexer.qdrant_filters.edge_filter`.
 """
 
@@ -30,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,8 +34,9 @@ import qdrant_edge as qe
 
 from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
-from imgsim_indexer.errors import RequestError, StoreConfigError, StoreError, StoreNotOpenError
-from imgsim_indexer.filters import Match, metadata_path
+from imgsim_indexer import edge_setup as setup
+from imgsim_indexer.errors import RequestError, StoreError, StoreNotOpenError
+from imgsim_indexer.filters import Match
 from imgsim_indexer.payload import (
     CONTENT_SHA256,
     IMAGE_ID,
@@ -64,14 +57,6 @@ from imgsim_indexer.store import check_droppable, collection_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-CURRENT_FILE = "CURRENT"
-SCHEMA_TYPES = {
-    "keyword": qe.PayloadSchemaType.Keyword,
-    "integer": qe.PayloadSchemaType.Integer,
-    "float": qe.PayloadSchemaType.Float,
-    "bool": qe.PayloadSchemaType.Bool,
-}
 
 
 class EdgeStore:
@@ -226,34 +211,12 @@ class EdgeStore:
             raise StoreNotOpenError("the qdrant-edge store is not open")
         return self._shard
 
-    def _config(self) -> qe.EdgeConfig:
-        return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine)
-        )
-
     def _open_sync(self) -> None:
         if self._shard is not None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        pointer = self.root / CURRENT_FILE
-        current = self.physical or (
-            pointer.read_text().strip() if pointer.exists() else f"{self.collection}_v1"
-        )
-        shard_path = self.root / current
-        if shard_path.is_dir() and any(shard_path.iterdir()):
-            try:
-                self._shard = qe.EdgeShard.load(str(shard_path), self._config())
-            except Exception as exc:  # qdrant_edge raises plain Exception
-                raise StoreConfigError(
-                    f"qdrant-edge shard {shard_path} does not fit dim={self.dim}, cosine: {exc}"
-                ) from exc
-        else:
-            self._shard = qe.EdgeShard.create(str(shard_path), self._config())
-            log.info("created qdrant-edge shard %s (dim=%d, cosine)", shard_path, self.dim)
-        if not pointer.exists():
-            _write_atomically(pointer, current)
-        self.current = current
-        self._ensure_payload_indexes(self._shard)
+        shard, self.current = setup.open_shard(self.root, self.collection, self.dim, self.physical)
+        self._shard = shard
+        setup.ensure_payload_indexes(shard, self.payload_indexes)
 
     # -- collections (the alias) ----------------------------------------------------------
 
@@ -264,25 +227,16 @@ class EdgeStore:
         return sorted(names, key=collection_version)
 
     async def aliased(self) -> str | None:
-        pointer = self.root / CURRENT_FILE
+        pointer = self.root / setup.CURRENT_FILE
         return pointer.read_text().strip() if pointer.exists() else None
 
     async def switch_alias(self, physical: str) -> None:
         """Point CURRENT at ``physical`` atomically (readers see the old or the new name)."""
-        await asyncio.to_thread(_write_atomically, self.root / CURRENT_FILE, physical)
+        await asyncio.to_thread(setup.write_atomically, self.root / setup.CURRENT_FILE, physical)
 
     async def drop_collection(self, physical: str) -> None:
         check_droppable(physical, self.current, await self.aliased())
         await asyncio.to_thread(shutil.rmtree, self.root / physical)
-
-    def _ensure_payload_indexes(self, shard: qe.EdgeShard) -> None:
-        existing = {name: info.data_type for name, info in shard.info().payload_schema.items()}
-        wanted = {metadata_path(key): kind for key, kind in self.payload_indexes.items()}
-        for path, kind in {**wanted, CONTENT_SHA256: "keyword"}.items():
-            schema = SCHEMA_TYPES[kind]
-            if existing.get(path) != schema:
-                shard.update(qe.UpdateOperation.create_field_index(path, schema))
-                log.info("created qdrant-edge payload index %s (%s)", path, kind)
 
     def _write_sync(self, operation: qe.UpdateOperation) -> None:
         shard = self._opened()
@@ -299,13 +253,3 @@ class EdgeStore:
 def _floats(vector: Vector) -> list[float]:
     values: list[float] = np.asarray(vector, dtype=np.float32).tolist()
     return values
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)

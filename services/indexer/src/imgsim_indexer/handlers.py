@@ -13,9 +13,8 @@
   reply (``bad_request``) instead of leaving the asker waiting for its timeout. A
   request past its deadline is dropped by raising ``AckMessage``, the one way to end a
   handler without FastStream publishing a reply.
-- A search's query vector comes from :mod:`imgsim_indexer.queries`; which collection it
-  searches, from :class:`~imgsim_indexer.serving.Collections`.
-- ``duplicates`` answers :class:`DuplicatesRequested` (:mod:`imgsim_indexer.duplicates`).
+- What a search, a lookup or a duplicates page is answered, once decoded and in time, is
+  :mod:`imgsim_indexer.answers`; this module is the Kafka side of them.
 
 Why the router is built by a function and its handlers take raw messages:
 
@@ -55,26 +54,20 @@ from imgsim_core.contracts import (
     LookupRequested,
     ReindexRequested,
     ReindexStatus,
-    SearchHit,
     SearchReplied,
     StatusRequested,
     VectorSearchRequested,
-    pack_vector,
 )
-from imgsim_core.errors import ErrorCode
 from imgsim_core.kafka import produce_all, safe_batch_parser
 from imgsim_core.redisclient import generation_key
 from imgsim_core.responders import BadRequestError, decode_request
+from imgsim_indexer import answers
 from imgsim_indexer.cache import bump_generation
-from imgsim_indexer.duplicates import find_duplicates
 from imgsim_indexer.errors import (
     NotStartedError,
     ReindexRefusedError,
-    RequestError,
     StoreError,
 )
-from imgsim_indexer.payload import Hit
-from imgsim_indexer.queries import query_vector
 from imgsim_indexer.reindex import Reindexer
 from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
@@ -88,11 +81,6 @@ DEADLETTERS = Counter(
 )
 UPSERT_SECONDS = Histogram(
     "imgsim_indexer_upsert_batch_seconds", "Time to apply one batch of writes to the store."
-)
-SEARCHES = Counter("imgsim_indexer_searches", "Vector searches answered, by outcome.", ["outcome"])
-LOOKUPS = Counter("imgsim_indexer_lookups", "Image lookups answered, by outcome.", ["outcome"])
-DUPLICATE_PAGES = Counter(
-    "imgsim_indexer_duplicate_pages", "Duplicate pages answered, by outcome.", ["outcome"]
 )
 
 
@@ -113,11 +101,6 @@ class IndexerState:
         if self.deadletter_producer is None:
             raise NotStartedError("the dead-letter producer is not started")
         return self.deadletter_producer
-
-
-def _hit(hit: Hit) -> SearchHit:
-    vector = None if hit.vector is None else pack_vector(hit.vector)
-    return SearchHit(image_id=hit.image_id, score=hit.score, metadata=hit.metadata, vector=vector)
 
 
 def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
@@ -189,106 +172,36 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         try:
             request = decode_request(message.headers, message.body, VectorSearchRequested)
         except BadRequestError as exc:
-            SEARCHES.labels(exc.code).inc()
+            answers.SEARCHES.labels(exc.code).inc()
             return SearchReplied(error=exc.reason, error_code=exc.code)
         if request is None:
-            SEARCHES.labels("expired").inc()
+            answers.SEARCHES.labels("expired").inc()
             raise AckMessage()  # no reply: nobody waits for it any more
-        # A query vector of the model a reindex switched away from searches the collection
-        # of that model (kept until dropped), so a model change never mixes vector spaces.
-        store = state.collections.for_model(
-            request.model_id if request.vector is not None else None
-        )
-        if store is None:
-            SEARCHES.labels("wrong_model").inc()
-            return SearchReplied(
-                error=f"the query vector comes from model {request.model_id!r}; the index "
-                f"holds {state.collections.model_id!r}",
-                error_code=ErrorCode.WRONG_MODEL,
-            )
-        try:
-            vector, exclude = await query_vector(request, store, settings.dim)
-            hits = await store.search(
-                vector,
-                top_k=request.top_k,
-                threshold=request.threshold,
-                with_metadata=request.include_metadata,
-                filter=request.filter,
-                exclude=exclude,
-                with_vectors=request.include_vectors,
-            )
-        except RequestError as exc:
-            SEARCHES.labels(exc.code).inc()
-            return SearchReplied(error=exc.message, error_code=exc.code)
-        except StoreError as exc:
-            log.warning("search failed: %s", exc)
-            SEARCHES.labels("store_error").inc()
-            return SearchReplied(error=str(exc), error_code=ErrorCode.STORE_ERROR)
-        SEARCHES.labels("ok").inc()
-        return SearchReplied(
-            hits=[_hit(h) for h in hits],
-            # Echoed so the gateway can cache the embedding the embedder computed.
-            query_vector=request.vector,
-            model_id=request.model_id if request.vector is not None else None,
-        )
+        return await answers.search(state.collections, request, settings.dim)
 
     @responder(topics.lookups, "lookup", "LookupRequested JSON → ImageRecord (to reply_to).")
     async def lookup(message: KafkaMessage) -> ImageRecord:
         try:
             request = decode_request(message.headers, message.body, LookupRequested)
         except BadRequestError as exc:
-            LOOKUPS.labels(exc.code).inc()
+            answers.LOOKUPS.labels(exc.code).inc()
             return ImageRecord(image_id="", found=False, error=f"{exc.code}: {exc.reason}")
         if request is None:
-            LOOKUPS.labels("expired").inc()
+            answers.LOOKUPS.labels("expired").inc()
             raise AckMessage()
-        try:
-            stored = await state.collections.live.get(request.image_id)
-            vector = (
-                await state.collections.live.get_vector(request.image_id)
-                if stored is not None and request.include_vector
-                else None
-            )
-        except StoreError as exc:
-            log.warning("lookup failed: %s", exc)
-            LOOKUPS.labels("store_error").inc()
-            return ImageRecord(image_id=request.image_id, found=False, error=str(exc))
-        LOOKUPS.labels("found" if stored else "not_found").inc()
-        if stored is None:
-            return ImageRecord(image_id=request.image_id, found=False)
-        return ImageRecord(
-            image_id=stored.image_id,
-            found=True,
-            model_id=stored.model_id,
-            metadata=stored.metadata,
-            indexed_at=stored.indexed_at,
-            source_partition=stored.source_partition,
-            source_offset=stored.source_offset,
-            content_sha256=stored.content_sha256,
-            vector=None if vector is None else pack_vector(vector),
-        )
+        return await answers.lookup(state.collections, request)
 
     @responder(topics.duplicates, "duplicates", "DuplicatesRequested JSON → DuplicatesReplied.")
     async def duplicates(message: KafkaMessage) -> DuplicatesReplied:
         try:
             request = decode_request(message.headers, message.body, DuplicatesRequested)
         except BadRequestError as exc:
-            DUPLICATE_PAGES.labels(exc.code).inc()
+            answers.DUPLICATE_PAGES.labels(exc.code).inc()
             return DuplicatesReplied(error=exc.reason, error_code=exc.code)
         if request is None:
-            DUPLICATE_PAGES.labels("expired").inc()
+            answers.DUPLICATE_PAGES.labels("expired").inc()
             raise AckMessage()
-        try:
-            reply = await find_duplicates(state.collections.live, request)
-        except RequestError as exc:
-            DUPLICATE_PAGES.labels(exc.code).inc()
-            return DuplicatesReplied(error=exc.message, error_code=exc.code)
-        except StoreError as exc:
-            log.warning("duplicates failed: %s", exc)
-            DUPLICATE_PAGES.labels("store_error").inc()
-            return DuplicatesReplied(error=str(exc), error_code=ErrorCode.STORE_ERROR)
-        DUPLICATE_PAGES.labels("ok").inc()
-        return reply
+        return await answers.duplicates(state.collections, request)
 
     @responder(topics.status, "status", "StatusRequested JSON → IndexerStatus (to reply_to).")
     async def status(message: KafkaMessage) -> IndexerStatus:

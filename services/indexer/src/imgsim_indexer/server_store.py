@@ -4,22 +4,14 @@ Decisions:
 
 - Writes use ``wait=True``: ``upsert``/``delete`` return once Qdrant has applied them,
   so the caller may commit its Kafka offsets (at-least-once, see DESIGN.md).
-- ``settings.collection`` is an alias. On first open the store creates the real
-  collection ``<collection>_v1`` (cosine, ``dim``, shards and replicas from the settings)
-  and points the alias at it; reads and writes go through the alias, so a reindex can
-  build ``_v2`` and switch the alias atomically later. A plain collection that already
-  has the alias's name is used as it is (with a warning).
-- A collection of another dimension fails at start with
-  :class:`~imgsim_indexer.errors.StoreConfigError`.
+- ``settings.collection`` is an alias: reads and writes go through it, so a reindex can
+  build ``_v2`` and switch the alias atomically later. What ``open`` sets up (the first
+  real collection, the dimension check, the payload indexes) is
+  :mod:`imgsim_indexer.server_setup`.
 - A client can be injected (unit tests use ``AsyncQdrantClient(location=":memory:")``,
   which speaks the same API); an injected client is not closed by :meth:`close`.
 - :meth:`ServerStore._errors` is the one place that turns qdrant-client's errors into
   :class:`~imgsim_indexer.errors.StoreError`.
-- Payload indexes: ``open`` calls ``create_payload_index(collection, "metadata.<key>",
-  field_schema=…, wait=True)`` for each configured key (and ``content_sha256``, keyword,
-  for exact duplicates) the collection's
-  ``payload_schema`` lacks (or holds with another type). qdrant-client's local mode
-  ignores payload indexes (it warns), filters still work there.
 - Filters: :func:`~imgsim_indexer.qdrant_filters.server_filter`.
 """
 
@@ -31,12 +23,13 @@ import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
+from qdrant_client.http.exceptions import ApiException
 
 from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
-from imgsim_indexer.errors import StoreConfigError, StoreError, StoreNotOpenError
-from imgsim_indexer.filters import Match, metadata_path
+from imgsim_indexer import server_setup as setup
+from imgsim_indexer.errors import StoreError, StoreNotOpenError
+from imgsim_indexer.filters import Match
 from imgsim_indexer.payload import (
     CONTENT_SHA256,
     IMAGE_ID,
@@ -58,12 +51,6 @@ from imgsim_indexer.store import check_droppable, collection_version
 log = logging.getLogger(__name__)
 
 _CLIENT_ERRORS = (ApiException, ValueError, KeyError, OSError, TimeoutError)
-SCHEMA_TYPES = {
-    "keyword": models.PayloadSchemaType.KEYWORD,
-    "integer": models.PayloadSchemaType.INTEGER,
-    "float": models.PayloadSchemaType.FLOAT,
-    "bool": models.PayloadSchemaType.BOOL,
-}
 
 
 class ServerStore:
@@ -101,54 +88,18 @@ class ServerStore:
             )
         async with self._errors("open"):
             if self.physical is not None:
-                await self._create(self._client, self.physical)
+                await setup.create(self._client, self.physical, self.settings, self.dim)
                 self.current = self.physical
             else:
-                self.current = await self._ensure_collection(self._client)
-            await self._check_dim(self._client, self.current)
-            await self._ensure_payload_indexes(self._client, self.current)
+                self.current = await setup.behind_alias(self._client, self.settings, self.dim)
+            await setup.check_dim(self._client, self.current, self.dim)
+            await setup.ensure_payload_indexes(self._client, self.current, self.payload_indexes)
         log.info("qdrant collection %s → %s", self.collection, self.current)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._owns_client:
             await client.close()
-
-    async def _ensure_collection(self, client: AsyncQdrantClient) -> str:
-        aliases = (await client.get_aliases()).aliases
-        for alias in aliases:
-            if alias.alias_name == self.collection:
-                return str(alias.collection_name)
-        existing: set[str] = {c.name for c in (await client.get_collections()).collections}
-        if self.collection in existing:
-            log.warning("%s is a collection, not an alias; using it as it is", self.collection)
-            return self.collection
-        real = f"{self.collection}_v1"
-        if real not in existing:
-            await self._create(client, real)
-        with contextlib.suppress(UnexpectedResponse):  # the alias may have appeared meanwhile
-            await client.update_collection_aliases(
-                change_aliases_operations=[
-                    models.CreateAliasOperation(
-                        create_alias=models.CreateAlias(
-                            collection_name=real, alias_name=self.collection
-                        )
-                    )
-                ]
-            )
-        return real
-
-    async def _create(self, client: AsyncQdrantClient, real: str) -> None:
-        if await client.collection_exists(real):
-            return
-        with contextlib.suppress(UnexpectedResponse):  # another indexer created it first
-            await client.create_collection(
-                real,
-                vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
-                shard_number=self.settings.shards,
-                replication_factor=self.settings.replicas,
-            )
-            log.info("created qdrant collection %s (dim=%d, cosine)", real, self.dim)
 
     # -- collections (the alias) ----------------------------------------------------------
 
@@ -193,23 +144,6 @@ class ServerStore:
         check_droppable(physical, self.current, await self.aliased())
         async with self._errors("drop collection"):
             await self._opened().delete_collection(physical)
-
-    async def _check_dim(self, client: AsyncQdrantClient, real: str) -> None:
-        vectors = (await client.get_collection(real)).config.params.vectors
-        if isinstance(vectors, models.VectorParams) and vectors.size != self.dim:
-            raise StoreConfigError(
-                f"qdrant collection {real} has dim={vectors.size}, the indexer expects {self.dim}"
-            )
-
-    async def _ensure_payload_indexes(self, client: AsyncQdrantClient, real: str) -> None:
-        existing = (await client.get_collection(real)).payload_schema
-        wanted = {metadata_path(key): kind for key, kind in self.payload_indexes.items()}
-        for path, kind in {**wanted, CONTENT_SHA256: "keyword"}.items():
-            schema = SCHEMA_TYPES[kind]
-            info = existing.get(path)
-            if info is None or info.data_type != schema:
-                await client.create_payload_index(real, path, field_schema=schema, wait=True)
-                log.info("created qdrant payload index %s (%s) on %s", path, kind, real)
 
     # -- writes --------------------------------------------------------------------------
 
