@@ -261,9 +261,16 @@ class ServiceProcess(_Process):
     ready_marker: str | None = None
 
     def start(self, timeout_s: float = 120.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout_s)
+
+    def spawn(self) -> None:
+        """Start the process and return at once (:meth:`wait_ready` waits for it)."""
         import sys
 
         self._spawn([sys.executable, "-m", self.module], env={**os.environ, **self.env})
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()

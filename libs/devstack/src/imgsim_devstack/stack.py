@@ -75,9 +75,12 @@ def service_env(config: StackConfig, bootstrap: str, redis_url: str) -> dict[str
 
 
 def start_services(config: StackConfig, bootstrap: str, redis_url: str) -> list[ServiceProcess]:
-    """Start indexer, embedder and gateway (in that order) and wait until each is ready.
+    """Start indexer, embedder and gateway together and wait until each is ready.
 
-    On a failure the ones already started are stopped before the error propagates.
+    They start side by side: none needs another to start (each creates what it consumes
+    and waits for Kafka itself), and most of a start is imports, the model and joining
+    consumer groups, which overlap. On a failure the ones already started are stopped
+    before the error propagates.
     """
     logs = config.data_dir / "logs"
     env = service_env(config, bootstrap, redis_url)
@@ -99,7 +102,9 @@ def start_services(config: StackConfig, bootstrap: str, redis_url: str) -> list[
                 health_url=health[name],
             )
             started.append(service)
-            service.start()
+            service.spawn()
+        for service in started:
+            service.wait_ready()
     except BaseException:
         for service in reversed(started):
             service.stop()
