@@ -37,7 +37,7 @@ bench-pipeline:
 	$(UV) run python bench/pipeline.py
 
 # The three service images with buildah (no Docker engine needed), then a smoke run of
-# each against a local Kafka and Redis. IMAGE_BASE=public uses the Dockerfiles' registry bases.
+# each against a local Kafka and Redis. IMAGE_BASE=public uses the Dockerfile's registry bases.
 images:
 	bash infra/images/build.sh
 

@@ -1,7 +1,7 @@
 """The deployment files agree with the services' settings and with each other.
 
 ``compose.yaml``, the Kubernetes manifests (``infra/k8s``, base and GPU overlay), the
-Dockerfiles and the Prometheus scrape config are read as data and checked against what
+Dockerfile's targets and the Prometheus scrape config are read as data and checked against what
 each service needs to reach its dependencies, derived from its settings class: a service
 with a ``redis`` group needs a Redis URL, the indexer a Qdrant URL, every service Kafka and
 an OTLP endpoint, a worker its metrics port, bound where Prometheus can reach it. Ports
@@ -66,8 +66,20 @@ def load_all(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def dockerfile_stages() -> dict[str, str]:
+    """The root Dockerfile's stages by name (``FROM ... AS name``), each with its text."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages: dict[str, str] = {}
+    for stage in re.split(r"^(?=FROM )", text, flags=re.MULTILINE)[1:]:
+        name = re.match(r"FROM \S+ AS (\S+)\n", stage)
+        assert name is not None, f"a Dockerfile stage has no name: {stage.splitlines()[0]}"
+        stages[name.group(1)] = stage
+    return stages
+
+
 def dockerfile(service: str) -> str:
-    return (ROOT / "services" / service / "Dockerfile").read_text()
+    """The stage that is ``service``'s image (``--target service``)."""
+    return dockerfile_stages()[service]
 
 
 def exposed(service: str) -> int:
@@ -124,6 +136,25 @@ def test_compose_ports_match_the_dockerfile_and_prometheus(name: str) -> None:
     published = [int(str(p).split(":")[-1]) for p in spec.get("ports", [])]
     assert port in [*map(int, spec.get("expose", [])), *published], f"{name} does not expose {port}"
     assert scrape_targets()[service] == port, f"Prometheus scrapes {service} elsewhere"
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSE))
+def test_compose_builds_each_service_from_its_own_target(name: str) -> None:
+    service = COMPOSE[name]
+    build = compose_services()[name]["build"]
+    assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+    assert build["context"] == "."
+    assert build["target"] == service, f"{name} builds the {build['target']} image"
+    assert build["args"]["SERVICE"] == service, f"{name}'s venv would be another service's"
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_each_target_is_built_on_the_shared_runtime_and_checks_its_venv(service: str) -> None:
+    stage = dockerfile(service)
+    assert stage.startswith(f"FROM runtime AS {service}\n"), stage.splitlines()[0]
+    assert f"test -x /app/.venv/bin/imgsim-{service}" in stage
+    entrypoint = re.findall(r"^ENTRYPOINT (.+)$", stage, re.MULTILINE)
+    assert entrypoint == [f'["imgsim-{service}"]'], entrypoint
 
 
 # ----------------------------------------------------------------------------- kubernetes

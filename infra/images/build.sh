@@ -5,7 +5,7 @@
 #   IMAGE_BASE=local   (default) base images made here from Debian packages: a debootstrap
 #                      root filesystem with python3.11, and the same plus uv from PyPI.
 #                      Needs root, debootstrap and buildah (apt-get install buildah debootstrap).
-#   IMAGE_BASE=public  the Dockerfiles' defaults, pulled from their registries.
+#   IMAGE_BASE=public  the Dockerfile's defaults, pulled from their registries.
 #   IMAGE_TAG          tag of the service images (default: dev).
 #   IMAGES_WORK        where the root filesystem is made (default: /var/tmp/imgsim-images).
 #
@@ -65,7 +65,8 @@ fi
 
 for service in gateway indexer embedder; do
   echo "building imgsim-$service:$IMAGE_TAG"
-  "${bud[@]}" "${build_args[@]}" -f "services/$service/Dockerfile" -t "imgsim-$service:$IMAGE_TAG" .
+  "${bud[@]}" "${build_args[@]}" --target "$service" --build-arg SERVICE="$service" \
+    -t "imgsim-$service:$IMAGE_TAG" .
 done
 buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E "imgsim-(gateway|indexer|embedder|base)"
 
