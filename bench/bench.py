@@ -11,7 +11,7 @@ Phases, in this order, in one process (nothing else should run on the machine):
    (decode + preprocess on the embedder's preprocessing threads, then the forward pass);
    text queries/s at batch 1, 8 and the query batch.
 2. Ceilings without the model: preprocessing per core (640×480 and 4000×3000 JPEGs) and
-   the indexer's upserts into the embedded store.
+   the indexer's write path (plan and store write) into the embedded store.
 3. A local stack (Kafka, Redis, gateway, embedder, indexer as processes) fed 640×480
    JPEGs: index end to end; uncached search at concurrency 1, 8, 32; cached search at 32
    (wrk when installed, else this process); search under saturating bulk indexing;
@@ -191,34 +191,33 @@ def bench_preprocess(report: Report, seconds: float) -> None:
 
 
 async def bench_store(report: Report, points: int) -> None:
-    from datetime import UTC, datetime
-
+    """The indexer's whole write path without Kafka: vectors-topic records planned
+    (decoded, checked) and written to the embedded store in batches of the indexer's
+    ``vectors_max_records``, each batch durable (flushed) before the next."""
+    from imgsim_devstack.vectors import ClusteredVectors
     from imgsim_indexer.app import open_store
-    from imgsim_indexer.payload import Point
+    from imgsim_indexer.serving import Collections
+    from imgsim_indexer.settings import IndexerSettings
 
     with tempfile.TemporaryDirectory() as folder:
-        store = open_store(QdrantSettings(path=Path(folder)), 512, {"tags": "keyword"})
+        settings = IndexerSettings(qdrant=QdrantSettings(path=Path(folder)))
+        batch = settings.vectors_max_records
+        records = list(ClusteredVectors().records(0, points, model_id=settings.model.model_id))
+        store = open_store(settings.qdrant, settings.dim, settings.payload_indexes)
         await store.open()
-        rng = np.random.default_rng(0)
-        vectors = rng.standard_normal((points, 512)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        now = datetime.now(UTC)
-        batch = 256  # the indexer's bulk batch: KafkaSettings.bulk_max_records × a few polls
+        collections = Collections(store, settings)
         started = time.perf_counter()
         for first in range(0, points, batch):
-            await store.upsert(
-                [
-                    Point(f"p{i}", vectors[i], "bench", {"tags": ["a"]}, now, 0, i)
-                    for i in range(first, min(points, first + batch))
-                ]
-            )
+            plan = await collections.apply(records[first : first + batch])
+            assert not plan.dead_letters, plan.dead_letters[:1]
         took = time.perf_counter() - started
         count = await store.count()
         await store.close()
     report.values["store_rate"] = points / took
     report.add(
         "ceiling",
-        f"indexer upserts into the embedded store ({count} points, batches of {batch})",
+        f"indexer plans and writes vectors records into the embedded store ({count} points, "
+        f"batches of {batch})",
         f"{points / took:,.0f} points/s",
     )
 

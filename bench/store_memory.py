@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from imgsim_core.settings import QdrantSettings
+from imgsim_devstack.vectors import ClusteredVectors
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.payload import Point
 
@@ -44,12 +45,6 @@ def rss_mb() -> float:
 
 def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
-def vectors(n: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
-    picks = rng.integers(0, len(centres), n)
-    v = centres[picks] + rng.normal(0, 0.35 / np.sqrt(DIM), (n, DIM)).astype(np.float32) * 4
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
 class PeakRss:
@@ -93,9 +88,7 @@ async def main() -> None:
     parser.add_argument("--points", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(64, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vectors = ClusteredVectors(DIM, clusters=64, seed=0)
     work = Path(tempfile.mkdtemp(prefix="imgsim-store-"))
     store = EdgeStore(
         QdrantSettings(path=str(work)), DIM, payload_indexes={"tag": "keyword", "n": "integer"}
@@ -105,7 +98,7 @@ async def main() -> None:
     now = datetime.now(UTC)
     started = time.perf_counter()
     for first in range(0, args.points, BATCH):
-        block = vectors(min(BATCH, args.points - first), rng, centres)
+        block = vectors.take(min(BATCH, args.points - first))
         await store.upsert(
             [
                 Point(f"img/{first + i}", v, "bench", {"tag": f"t{(first + i) % 100}", "n": i}, now)
@@ -113,7 +106,7 @@ async def main() -> None:
             ]
         )
     upsert_s = time.perf_counter() - started
-    queries = vectors(args.queries, rng, centres)
+    queries = vectors.take(args.queries)
     exact, scan_p50, scan_p99 = await searches(store, queries)
     _, fscan_p50, fscan_p99 = await searches(store, queries, filtered=True)
     rss_before, disk_before = rss_mb() - base_rss, disk_mb(work)

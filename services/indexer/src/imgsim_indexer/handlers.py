@@ -129,7 +129,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         parser=safe_batch_parser,
-        max_records=kafka.bulk_max_records,
+        max_records=settings.vectors_max_records,
         fetch_max_wait_ms=kafka.bulk_fetch_max_wait_ms,
         **kafka.membership,
         title="index-vectors",

@@ -1,0 +1,74 @@
+"""Synthetic CLIP-like vectors, and the vectors-topic records they make, for benchmarks.
+
+CLIP image embeddings crowd into a few directions of the sphere rather than filling it,
+which is what makes an approximate index's job easy or hard; uniform random vectors
+would make recall look worse and clusters of one point better than real data. So the
+vectors here are unit vectors scattered around ``clusters`` random unit centres.
+:meth:`ClusteredVectors.records` wraps them in :class:`~imgsim_core.contracts.ImageEmbedded`
+JSON, keyed by image id, exactly as the embedder writes them to ``imgsim.vectors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+from aiokafka import ConsumerRecord
+
+from imgsim_core.contracts import ImageEmbedded, Metadata, pack_vector
+
+
+class ClusteredVectors:
+    """Unit vectors around ``clusters`` random unit centres, reproducible from ``seed``."""
+
+    def __init__(self, dim: int = 512, *, clusters: int = 64, seed: int = 0) -> None:
+        self.dim = dim
+        self._rng = np.random.default_rng(seed)
+        centres = self._rng.normal(size=(clusters, dim)).astype(np.float32)
+        self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+    def take(self, n: int) -> npt.NDArray[np.float32]:
+        """The next ``n`` vectors, shape ``(n, dim)``."""
+        picks = self._rng.integers(0, len(self.centres), n)
+        noise = self._rng.normal(0, 0.35 / np.sqrt(self.dim), (n, self.dim)).astype(np.float32)
+        v = self.centres[picks] + noise * 4
+        unit: npt.NDArray[np.float32] = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(
+            np.float32
+        )
+        return unit
+
+    def records(
+        self,
+        first: int,
+        n: int,
+        *,
+        model_id: str,
+        topic: str = "imgsim.vectors",
+        partitions: int = 6,
+    ) -> Iterator[ConsumerRecord[bytes, bytes]]:
+        """Vectors-topic records of images ``img/<first>`` … ``img/<first + n - 1>``, as a
+        consumer would read them; each carries :func:`metadata` of its number."""
+        now = datetime.now(UTC)
+        for i, vector in enumerate(self.take(n), start=first):
+            image_id = f"img/{i}"
+            value = ImageEmbedded(
+                image_id=image_id,
+                model_id=model_id,
+                dim=self.dim,
+                vector=pack_vector(vector),
+                metadata=metadata(i),
+                source_partition=i % partitions,
+                source_offset=i // partitions,
+                embedded_at=now,
+            ).model_dump_json()
+            yield ConsumerRecord(
+                topic, i % partitions, i // partitions, 0, 0,
+                image_id.encode(), value.encode(), None, 0, len(value), [],
+            )  # fmt: skip
+
+
+def metadata(i: int) -> Metadata:
+    """A keyword that 1 % of images share (``tag``, ``t0`` … ``t99``) and a number."""
+    return {"tag": f"t{i % 100}", "n": i}
