@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make up` and `make test` need on a Debian/Ubuntu machine without Docker:
 # uv (from PyPI), the workspace's Python packages (uv.lock), redis-server, Java 17+, Maven
-# and Chromium for the page's browser tests (apt, when missing), kustomize where kubectl
-# is missing (Go module proxy), and the Apache Kafka broker jars (Maven Central). Idempotent.
+# and Chromium for the page's browser tests (apt, when missing), promtool (out of Debian's
+# prometheus package), kustomize where kubectl is missing (Go module proxy), and the
+# Apache Kafka broker jars (Maven Central). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,6 +21,19 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 # The Debian package starts a redis-server service on 6379; the stack runs its own.
+
+# promtool checks the Prometheus config and runs the alert rules' unit tests. It is taken
+# out of Debian's prometheus package rather than installed with it, which would also set
+# up and start a Prometheus server on :9090.
+if ! command -v promtool >/dev/null; then
+  echo "installing promtool (from Debian's prometheus package) into /usr/local/bin"
+  work=$(mktemp -d)
+  (cd "$work" && apt-get download -qq prometheus 2>/dev/null ||
+    { as_root apt-get update -qq && apt-get download -qq prometheus; })
+  dpkg-deb -x "$work"/prometheus_*.deb "$work/x"
+  as_root install -m 0755 "$work/x/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$work"
+fi
 
 # The manifest tests render infra/k8s with kustomize: `kubectl kustomize`, or else a
 # kustomize binary, built here from the Go module proxy (Debian's kubectl, package
