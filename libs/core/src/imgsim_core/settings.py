@@ -131,6 +131,45 @@ class ModelSettings(BaseModel):
         return f"{self.name}/random-seed{self.seed}"
 
 
+class VectorIndexSettings(BaseModel):
+    """How either store indexes and searches the vectors (``INDEXER_QDRANT__INDEX__*``).
+
+    The HNSW and optimizer values apply when a collection or shard is created and to each
+    later index build (a server builds in the background; Qdrant Edge when its shard is
+    optimized); ``search_ef`` and the rescoring apply to every search. The defaults are
+    Qdrant's, except ``search_ef``: on 200k clustered 512-d vectors after a build
+    (``bench/store_memory.py``, bench/RESULTS.md 2026-12-04) recall@10 was 0.974 at ef
+    128, 0.998 at 256 and 1.000 at 512, search p50 3.7, 4.8 and 7.0 ms: 256 is the least
+    of these that holds recall@10 ≥ 0.99 (Qdrant's own default is ef_construct, 100).
+    """
+
+    hnsw_m: int = Field(default=16, ge=2, description="Edges per node of the HNSW graph.")
+    hnsw_ef_construct: int = Field(
+        default=100, ge=4, description="Candidates kept while the graph is built."
+    )
+    search_ef: int = Field(
+        default=256, ge=1, description="Candidates an HNSW search keeps: recall against time."
+    )
+    quantization: Literal["none", "int8"] = Field(
+        default="none",
+        description="int8: scalar-quantized vectors in RAM, the float32 originals on disk "
+        "(memory-mapped) and read again to rescore each search's candidates.",
+    )
+    oversampling: float = Field(
+        default=2.0, ge=1.0, description="With int8: candidates rescored per result asked for."
+    )
+    indexing_threshold_kb: int | None = Field(
+        default=None, ge=0, description="Segments smaller than this are searched by scan "
+        "and not indexed (None: Qdrant's default, 10,000 KB, ~4,900 vectors of 512 floats).",
+    )  # fmt: skip
+    segments: int | None = Field(
+        default=None, ge=1, description="Target segment count (None: Qdrant's, from the CPUs)."
+    )
+    search_threads: int | None = Field(
+        default=None, ge=1, description="Qdrant Edge's search threads (None: from the CPUs)."
+    )
+
+
 class QdrantSettings(BaseModel):
     """Vector store: a Qdrant server when ``url`` is set, else embedded Qdrant Edge at ``path``."""
 
@@ -141,3 +180,4 @@ class QdrantSettings(BaseModel):
     shards: int = Field(default=1, ge=1)
     replicas: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=10.0, gt=0)
+    index: VectorIndexSettings = VectorIndexSettings()

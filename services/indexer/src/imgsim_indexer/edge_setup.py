@@ -6,9 +6,10 @@ Synchronous functions, run on the store's executor when it opens:
   (``<collection>_v1`` on first open), which sits beside it. CURRENT is the Edge
   counterpart of the server's alias: a reindex can build ``<collection>_v2`` next to it
   and switch by replacing CURRENT atomically (:func:`write_atomically`).
-- :func:`open_shard` passes the configuration when it loads an existing shard, so Qdrant
-  Edge checks it: another dimension fails at start with
-  :class:`~imgsim_indexer.errors.StoreConfigError`.
+- :func:`open_shard` passes the configuration (:func:`edge_config`) when it loads an
+  existing shard, so Qdrant Edge checks it: another dimension fails at start with
+  :class:`~imgsim_indexer.errors.StoreConfigError`; the index settings it carries
+  replace the persisted ones and apply from the next build.
 - :func:`ensure_payload_indexes` runs ``UpdateOperation.create_field_index("metadata.<key>",
   PayloadSchemaType.…)`` for each configured key (and a keyword index on
   ``content_sha256``, for exact duplicates) whose index is missing from
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
+from imgsim_core.settings import VectorIndexSettings
 from imgsim_indexer.errors import StoreConfigError
 from imgsim_indexer.filters import metadata_path
 from imgsim_indexer.payload import CONTENT_SHA256
@@ -31,6 +33,9 @@ from imgsim_indexer.payload import CONTENT_SHA256
 log = logging.getLogger(__name__)
 
 CURRENT_FILE = "CURRENT"
+# Below this many KB of vectors a segment's search is a scan, even when it is indexed
+# (Qdrant's default).
+FULL_SCAN_THRESHOLD_KB = 10_000
 SCHEMA_TYPES = {
     "keyword": qe.PayloadSchemaType.Keyword,
     "integer": qe.PayloadSchemaType.Integer,
@@ -39,8 +44,37 @@ SCHEMA_TYPES = {
 }
 
 
+def edge_config(dim: int, index: VectorIndexSettings) -> qe.EdgeConfig:
+    """The shard's configuration: cosine vectors of ``dim``, and the index settings. With
+    int8 quantization the quantized vectors stay in RAM and the originals are
+    memory-mapped from disk (read again to rescore)."""
+    int8 = index.quantization == "int8"
+    return qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(
+            size=dim,
+            distance=qe.Distance.Cosine,
+            memory=qe.Memory.Cached if int8 else None,
+        ),
+        hnsw_config=qe.HnswIndexConfig(
+            m=index.hnsw_m,
+            ef_construct=index.hnsw_ef_construct,
+            full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
+        ),
+        quantization_config=(
+            qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned)
+            if int8
+            else None
+        ),
+        optimizers=qe.EdgeOptimizersConfig(
+            indexing_threshold=index.indexing_threshold_kb,
+            default_segment_number=index.segments,
+        ),
+        max_search_threads=index.search_threads,
+    )
+
+
 def open_shard(
-    root: Path, collection: str, dim: int, physical: str | None
+    root: Path, collection: str, dim: int, physical: str | None, index: VectorIndexSettings
 ) -> tuple[qe.EdgeShard, str]:
     """The shard ``physical`` (or the one CURRENT names, ``_v1`` at first), created if it is
     not there, and its name; CURRENT is written if it is missing."""
@@ -48,7 +82,7 @@ def open_shard(
     pointer = root / CURRENT_FILE
     current = physical or (pointer.read_text().strip() if pointer.exists() else f"{collection}_v1")
     shard_path = root / current
-    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+    config = edge_config(dim, index)
     if shard_path.is_dir() and any(shard_path.iterdir()):
         try:
             shard = qe.EdgeShard.load(str(shard_path), config)

@@ -73,6 +73,15 @@ class EdgeStore:
         physical: str | None = None,
     ) -> None:
         self.collection: str = settings.collection
+        self.index = settings.index
+        self._search_params = qe.SearchParams(
+            hnsw_ef=settings.index.search_ef,
+            quantization=(
+                qe.QuantizationSearchParams(rescore=True, oversampling=settings.index.oversampling)
+                if settings.index.quantization == "int8"
+                else None
+            ),
+        )
         self.physical = physical  # open this shard instead of the one CURRENT names
         self.dim = dim
         self.payload_indexes = dict(payload_indexes or {})
@@ -141,6 +150,7 @@ class EdgeStore:
             with_vector=with_vectors,
             filter=edge_filter(filter, exclude),
             score_threshold=threshold,
+            params=self._search_params,
         )
         found = await self._call(lambda: self._opened().query(request))
         return [
@@ -214,7 +224,9 @@ class EdgeStore:
     def _open_sync(self) -> None:
         if self._shard is not None:
             return
-        shard, self.current = setup.open_shard(self.root, self.collection, self.dim, self.physical)
+        shard, self.current = setup.open_shard(
+            self.root, self.collection, self.dim, self.physical, self.index
+        )
         self._shard = shard
         setup.ensure_payload_indexes(shard, self.payload_indexes)
 

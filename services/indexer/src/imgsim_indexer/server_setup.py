@@ -6,8 +6,10 @@ Functions of the client, run once when a store opens (errors are turned into
 - :func:`behind_alias`: the real collection behind ``settings.collection``. On first open
   it creates ``<collection>_v1`` and points the alias at it; a plain collection that
   already has the alias's name is used as it is, with a warning.
-- :func:`create`: cosine, ``dim``, shards and replicas from the settings. Creating and
-  aliasing tolerate another indexer doing the same at the same moment.
+- :func:`create`: cosine, ``dim``, shards and replicas, HNSW, optimizer and quantization
+  settings (``settings.index``; with int8 the originals are on disk, the quantized
+  vectors in RAM). Creating and aliasing tolerate another indexer doing the same at the
+  same moment. :func:`search_params` is what every search asks for.
 - :func:`check_dim`: a collection of another dimension is a
   :class:`~imgsim_indexer.errors.StoreConfigError`, at start rather than at the first write.
 - :func:`ensure_payload_indexes`: ``create_payload_index(..., wait=True)`` for each
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from imgsim_core.settings import QdrantSettings
+from imgsim_core.settings import QdrantSettings, VectorIndexSettings
 from imgsim_indexer.errors import StoreConfigError
 from imgsim_indexer.filters import metadata_path
 from imgsim_indexer.payload import CONTENT_SHA256
@@ -67,11 +69,29 @@ async def create(client: AsyncQdrantClient, real: str, settings: QdrantSettings,
     if await client.collection_exists(real):
         return
     with contextlib.suppress(UnexpectedResponse):  # another indexer created it first
+        index = settings.index
+        int8 = index.quantization == "int8"
         await client.create_collection(
             real,
-            vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+            vectors_config=models.VectorParams(
+                size=dim, distance=models.Distance.COSINE, on_disk=True if int8 else None
+            ),
             shard_number=settings.shards,
             replication_factor=settings.replicas,
+            hnsw_config=models.HnswConfigDiff(m=index.hnsw_m, ef_construct=index.hnsw_ef_construct),
+            optimizers_config=models.OptimizersConfigDiff(
+                indexing_threshold=index.indexing_threshold_kb,
+                default_segment_number=index.segments,
+            ),
+            quantization_config=(
+                models.ScalarQuantization(
+                    scalar=models.ScalarQuantizationConfig(
+                        type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                    )
+                )
+                if int8
+                else None
+            ),
         )
         log.info("created qdrant collection %s (dim=%d, cosine)", real, dim)
 
@@ -95,3 +115,13 @@ async def ensure_payload_indexes(
         if info is None or info.data_type != schema:
             await client.create_payload_index(real, path, field_schema=schema, wait=True)
             log.info("created qdrant payload index %s (%s) on %s", path, kind, real)
+
+
+def search_params(index: VectorIndexSettings) -> models.SearchParams:
+    """Every search's parameters: the HNSW candidates, and rescoring with int8."""
+    quantization = (
+        models.QuantizationSearchParams(rescore=True, oversampling=index.oversampling)
+        if index.quantization == "int8"
+        else None
+    )
+    return models.SearchParams(hnsw_ef=index.search_ef, quantization=quantization)

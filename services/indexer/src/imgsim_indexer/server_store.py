@@ -75,6 +75,7 @@ class ServerStore:
         self.current: str | None = None  # the real collection behind the alias
         self._client = client
         self._owns_client = client is None
+        self._search_params = setup.search_params(settings.index)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -189,6 +190,7 @@ class ServerStore:
                 score_threshold=threshold,
                 with_payload=True if with_metadata else [IMAGE_ID],
                 with_vectors=with_vectors,
+                search_params=self._search_params,
             )
         return [
             hit_from_payload(p.payload or {}, p.score, with_metadata=with_metadata, vector=p.vector)

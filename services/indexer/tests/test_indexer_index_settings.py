@@ -1,0 +1,78 @@
+"""The index settings reach both stores: the shard's or collection's configuration, and
+every search's parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from indexer_samples import DIM, make_point, unit_vector
+from qdrant_client import AsyncQdrantClient, models
+
+from imgsim_core.settings import QdrantSettings, VectorIndexSettings
+from imgsim_indexer.edge_store import EdgeStore
+from imgsim_indexer.server_store import ServerStore
+from imgsim_indexer.settings import IndexerSettings
+
+INT8 = VectorIndexSettings(quantization="int8", hnsw_m=8, search_ef=32, indexing_threshold_kb=1)
+
+
+async def test_an_int8_edge_shard_builds_its_index_and_rescores_from_the_originals(
+    tmp_path: Path,
+) -> None:
+    settings = QdrantSettings(path=tmp_path, collection="images", index=INT8)
+    store = EdgeStore(settings, DIM)
+    await store.open()
+    await store.upsert([make_point(f"img-{i}", i) for i in range(300)])
+    shard = store._opened()
+    assert shard.optimize()  # the build the indexing threshold of 1 KB asks for
+    assert shard.info().indexed_vectors_count == 300
+
+    hits = await store.search(unit_vector(42), top_k=3, threshold=None, with_metadata=False)
+
+    assert hits[0].image_id == "img-42"
+    # Rescored from the float32 originals: int8 scores alone are off by ~1e-2.
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    await store.close()
+
+    reopened = EdgeStore(settings, DIM)  # the shard keeps its quantization on disk
+    await reopened.open()
+    assert reopened._opened().info().indexed_vectors_count == 300
+    assert [h.image_id for h in await reopened.search(
+        unit_vector(7), top_k=1, threshold=None, with_metadata=False
+    )] == ["img-7"]  # fmt: skip
+    await reopened.close()
+
+
+async def test_a_server_collection_is_created_with_the_index_settings() -> None:
+    client = AsyncQdrantClient(location=":memory:")
+    settings = QdrantSettings(url="http://unused", collection="images", index=INT8)
+    store = ServerStore(settings, DIM, client=client)
+    await store.open()
+    await store.upsert([make_point(f"img-{i}", i) for i in range(20)])
+
+    hits = await store.search(unit_vector(5), top_k=1, threshold=None, with_metadata=False)
+
+    assert [h.image_id for h in hits] == ["img-5"]
+    # qdrant-client's local mode keeps where the vectors live, not the HNSW or the
+    # quantization it was given (a real server applies them); every search asks for these:
+    vectors = (await client.get_collection("images_v1")).config.params.vectors
+    assert isinstance(vectors, models.VectorParams)
+    assert vectors.on_disk is True  # int8: the originals on disk
+    params = store._search_params
+    assert params.hnsw_ef == 32
+    assert params.quantization is not None
+    assert params.quantization.rescore is True
+    assert params.quantization.oversampling == 2.0
+    await store.close()
+    await client.close()
+
+
+def test_the_index_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INDEXER_QDRANT__INDEX__QUANTIZATION", "int8")
+    monkeypatch.setenv("INDEXER_QDRANT__INDEX__SEARCH_EF", "256")
+    index = IndexerSettings().qdrant.index
+    assert (index.quantization, index.search_ef, index.hnsw_m) == ("int8", 256, 16)
+    monkeypatch.setenv("INDEXER_QDRANT__INDEX__QUANTIZATION", "pq")
+    with pytest.raises(ValueError, match="quantization"):
+        IndexerSettings()
