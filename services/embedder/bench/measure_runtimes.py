@@ -75,9 +75,9 @@ def main() -> None:
     runtimes: dict[str, Encode] = {"torch float32": fp32.encode_images}
     bf16 = ClipEncoder.load(ModelSettings(weights="random", seed=0, dtype="bfloat16", device="cpu"))
     runtimes["torch bfloat16"] = bf16.encode_images
-    int8 = copy.deepcopy(fp32)
+    int8 = copy.copy(fp32)  # the same encoder around a quantized copy of the model
     int8._model = torch.ao.quantization.quantize_dynamic(
-        copy.deepcopy(fp32._model), {torch.nn.Linear}, dtype=torch.qint8
+        fp32._model, {torch.nn.Linear}, dtype=torch.qint8
     )
     runtimes["torch dynamic int8 (Linear)"] = int8.encode_images
     visual = fp32._model.visual.eval()

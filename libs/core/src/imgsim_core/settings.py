@@ -169,6 +169,10 @@ class VectorIndexSettings(BaseModel):
         default=None, ge=1, description="Qdrant Edge's search threads (None: from the CPUs)."
     )
 
+    @property
+    def int8(self) -> bool:
+        return self.quantization == "int8"
+
 
 class QdrantSettings(BaseModel):
     """Vector store: a Qdrant server when ``url`` is set, else embedded Qdrant Edge at ``path``."""

@@ -33,10 +33,8 @@ class ClusteredVectors:
         """The next ``n`` vectors, shape ``(n, dim)``."""
         picks = self._rng.integers(0, len(self.centres), n)
         noise = self._rng.normal(0, 0.35 / np.sqrt(self.dim), (n, self.dim)).astype(np.float32)
-        v = self.centres[picks] + noise * 4
-        unit: npt.NDArray[np.float32] = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(
-            np.float32
-        )
+        v = self.centres[picks] + noise * 4  # float32 throughout
+        unit: npt.NDArray[np.float32] = v / np.linalg.norm(v, axis=1, keepdims=True)
         return unit
 
     def records(

@@ -8,8 +8,10 @@ Synchronous functions, run on the store's executor when it opens:
   and switch by replacing CURRENT atomically (:func:`write_atomically`).
 - :func:`open_shard` passes the configuration (:func:`edge_config`) when it loads an
   existing shard, so Qdrant Edge checks it: another dimension fails at start with
-  :class:`~imgsim_indexer.errors.StoreConfigError`; the index settings it carries
-  replace the persisted ones and apply from the next build.
+  :class:`~imgsim_indexer.errors.StoreConfigError`. The index settings it sets replace
+  the persisted ones and apply from the next build; those left unset (Qdrant's defaults,
+  and ``quantization="none"``) keep what the shard has, so a shard made with int8 stays
+  quantized. :func:`search_params` is what every search asks for.
 - :func:`ensure_payload_indexes` runs ``UpdateOperation.create_field_index("metadata.<key>",
   PayloadSchemaType.…)`` for each configured key (and a keyword index on
   ``content_sha256``, for exact duplicates) whose index is missing from
@@ -48,7 +50,7 @@ def edge_config(dim: int, index: VectorIndexSettings) -> qe.EdgeConfig:
     """The shard's configuration: cosine vectors of ``dim``, and the index settings. With
     int8 quantization the quantized vectors stay in RAM and the originals are
     memory-mapped from disk (read again to rescore)."""
-    int8 = index.quantization == "int8"
+    int8 = index.int8
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(
             size=dim,
@@ -71,6 +73,16 @@ def edge_config(dim: int, index: VectorIndexSettings) -> qe.EdgeConfig:
         ),
         max_search_threads=index.search_threads,
     )
+
+
+def search_params(index: VectorIndexSettings) -> qe.SearchParams:
+    """Every search's parameters: the HNSW candidates, and rescoring with int8."""
+    quantization = (
+        qe.QuantizationSearchParams(rescore=True, oversampling=index.oversampling)
+        if index.int8
+        else None
+    )
+    return qe.SearchParams(hnsw_ef=index.search_ef, quantization=quantization)
 
 
 def open_shard(

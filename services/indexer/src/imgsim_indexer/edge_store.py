@@ -74,14 +74,7 @@ class EdgeStore:
     ) -> None:
         self.collection: str = settings.collection
         self.index = settings.index
-        self._search_params = qe.SearchParams(
-            hnsw_ef=settings.index.search_ef,
-            quantization=(
-                qe.QuantizationSearchParams(rescore=True, oversampling=settings.index.oversampling)
-                if settings.index.quantization == "int8"
-                else None
-            ),
-        )
+        self._search_params = setup.search_params(settings.index)
         self.physical = physical  # open this shard instead of the one CURRENT names
         self.dim = dim
         self.payload_indexes = dict(payload_indexes or {})

@@ -70,7 +70,7 @@ async def create(client: AsyncQdrantClient, real: str, settings: QdrantSettings,
         return
     with contextlib.suppress(UnexpectedResponse):  # another indexer created it first
         index = settings.index
-        int8 = index.quantization == "int8"
+        int8 = index.int8
         await client.create_collection(
             real,
             vectors_config=models.VectorParams(
@@ -121,7 +121,7 @@ def search_params(index: VectorIndexSettings) -> models.SearchParams:
     """Every search's parameters: the HNSW candidates, and rescoring with int8."""
     quantization = (
         models.QuantizationSearchParams(rescore=True, oversampling=index.oversampling)
-        if index.quantization == "int8"
+        if index.int8
         else None
     )
     return models.SearchParams(hnsw_ef=index.search_ef, quantization=quantization)
