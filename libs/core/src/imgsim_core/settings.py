@@ -174,6 +174,33 @@ class VectorIndexSettings(BaseModel):
         return self.quantization == "int8"
 
 
+class EdgeBuildSettings(BaseModel):
+    """Qdrant Edge's index builds (``INDEXER_QDRANT__BUILD__*``); a Qdrant server builds
+    on its own.
+
+    Points written to a shard land unindexed and are searched by scan until a build turns
+    them into HNSW segments. The build runs in a child process on a copy of the shard
+    (:mod:`imgsim_indexer.edge_build` says why and how), started when at least
+    ``min_points`` points are waiting. 20,000 points of 512 floats are ~40 MB, four times
+    Qdrant's indexing threshold, and a scan of them takes ~2 ms here: fewer would
+    rebuild often for little, many more leave searches scanning longer.
+    """
+
+    enabled: bool = True
+    min_points: int = Field(
+        default=20_000, ge=1, description="Unindexed points that start a build."
+    )
+    check_s: float = Field(default=5.0, gt=0, description="How often the unindexed count is read.")
+    journal_max_points: int = Field(
+        default=200_000, ge=1, description="Points written during a build that are kept in "
+        "memory for the built copy (~3 KB each); beyond them the build is abandoned.",
+    )  # fmt: skip
+    timeout_s: float = Field(default=3600.0, gt=0, description="A longer build is abandoned.")
+    nice: int = Field(
+        default=10, ge=0, le=19, description="How far below serving the build's CPU priority is."
+    )
+
+
 class QdrantSettings(BaseModel):
     """Vector store: a Qdrant server when ``url`` is set, else embedded Qdrant Edge at ``path``."""
 
@@ -185,3 +212,4 @@ class QdrantSettings(BaseModel):
     replicas: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=10.0, gt=0)
     index: VectorIndexSettings = VectorIndexSettings()
+    build: EdgeBuildSettings = EdgeBuildSettings()

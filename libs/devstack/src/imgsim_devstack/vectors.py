@@ -50,21 +50,29 @@ class ClusteredVectors:
         consumer would read them; each carries :func:`metadata` of its number."""
         now = datetime.now(UTC)
         for i, vector in enumerate(self.take(n), start=first):
-            image_id = f"img/{i}"
-            value = ImageEmbedded(
-                image_id=image_id,
-                model_id=model_id,
-                dim=self.dim,
-                vector=pack_vector(vector),
-                metadata=metadata(i),
-                source_partition=i % partitions,
-                source_offset=i // partitions,
-                embedded_at=now,
-            ).model_dump_json()
+            key, value = embedded(i, vector, model_id=model_id, at=now, partitions=partitions)
             yield ConsumerRecord(
                 topic, i % partitions, i // partitions, 0, 0,
-                image_id.encode(), value.encode(), None, 0, len(value), [],
+                key, value, None, 0, len(value), [],
             )  # fmt: skip
+
+
+def embedded(
+    i: int, vector: npt.NDArray[np.float32], *, model_id: str, at: datetime, partitions: int = 6
+) -> tuple[bytes, bytes]:
+    """The vectors-topic key and value of image ``img/<i>`` with this vector."""
+    image_id = f"img/{i}"
+    value = ImageEmbedded(
+        image_id=image_id,
+        model_id=model_id,
+        dim=len(vector),
+        vector=pack_vector(vector),
+        metadata=metadata(i),
+        source_partition=i % partitions,
+        source_offset=i // partitions,
+        embedded_at=at,
+    ).model_dump_json()
+    return image_id.encode(), value.encode()
 
 
 def metadata(i: int) -> Metadata:

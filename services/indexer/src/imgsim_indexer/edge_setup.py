@@ -12,6 +12,14 @@ Synchronous functions, run on the store's executor when it opens:
   the persisted ones and apply from the next build; those left unset (Qdrant's defaults,
   and ``quantization="none"``) keep what the shard has, so a shard made with int8 stays
   quantized. :func:`search_params` is what every search asks for.
+- Generations: ``<collection>_v<N>`` is a symbolic link to the directory that holds the
+  shard, ``.<collection>_v<N>.b<K>`` beside it, so a background index build
+  (:mod:`~imgsim_indexer.edge_build`) can make the next generation and switch to it by
+  replacing the link atomically (:func:`point_link`). :func:`settle` runs before a shard
+  opens: it turns a shard directory of the older layout into generation 0, re-links
+  generation 0 if a crash came between its creation and its link, and removes every
+  generation the link does not name (a build cut short, or one replaced just before a
+  crash). A shard is always loaded by its generation's own path, never through the link.
 - :func:`ensure_payload_indexes` runs ``UpdateOperation.create_field_index("metadata.<key>",
   PayloadSchemaType.…)`` for each configured key (and a keyword index on
   ``content_sha256``, for exact duplicates) whose index is missing from
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -93,21 +102,96 @@ def open_shard(
     root.mkdir(parents=True, exist_ok=True)
     pointer = root / CURRENT_FILE
     current = physical or (pointer.read_text().strip() if pointer.exists() else f"{collection}_v1")
-    shard_path = root / current
+    shard_path = settle(root, current)
     config = edge_config(dim, index)
-    if shard_path.is_dir() and any(shard_path.iterdir()):
-        try:
-            shard = qe.EdgeShard.load(str(shard_path), config)
-        except Exception as exc:  # qdrant_edge raises plain Exception
-            raise StoreConfigError(
-                f"qdrant-edge shard {shard_path} does not fit dim={dim}, cosine: {exc}"
-            ) from exc
+    if shard_path is not None and any(shard_path.iterdir()):
+        shard = load_shard(shard_path, config, dim)
     else:
+        shard_path = generation(root, current, 0)
         shard = qe.EdgeShard.create(str(shard_path), config)
+        point_link(root / current, shard_path)
         log.info("created qdrant-edge shard %s (dim=%d, cosine)", shard_path, dim)
     if not pointer.exists():
         write_atomically(pointer, current)
     return shard, current
+
+
+def load_shard(path: Path, config: qe.EdgeConfig, dim: int) -> qe.EdgeShard:
+    try:
+        return qe.EdgeShard.load(str(path), config)
+    except Exception as exc:  # qdrant_edge raises plain Exception
+        raise StoreConfigError(
+            f"qdrant-edge shard {path} does not fit dim={dim}, cosine: {exc}"
+        ) from exc
+
+
+# -- generations ----------------------------------------------------------------------
+
+
+def generation(root: Path, name: str, k: int) -> Path:
+    return root / f".{name}.b{k}"
+
+
+def generations(root: Path, name: str) -> dict[int, Path]:
+    """The generation directories of shard ``name`` on disk, by number."""
+    prefix = f".{name}.b"
+    found = {}
+    for path in root.glob(f"{prefix}*"):
+        tail = path.name.removeprefix(prefix)
+        if tail.isdigit() and path.is_dir():
+            found[int(tail)] = path
+    return found
+
+
+def next_generation(root: Path, name: str) -> Path:
+    return generation(root, name, max(generations(root, name), default=-1) + 1)
+
+
+def live_generation(root: Path, name: str) -> Path | None:
+    """The directory the link ``name`` points at (None when there is no shard)."""
+    link = root / name
+    return link.resolve() if link.is_symlink() and link.exists() else None
+
+
+def settle(root: Path, name: str) -> Path | None:
+    """Bring shard ``name``'s directories to one linked generation (see the module's
+    docstring) and return its path, or None when there is no shard yet."""
+    link = root / name
+    if link.is_symlink() and not link.exists():
+        link.unlink()  # a drop cut short: its target is gone
+    first = generation(root, name, 0)
+    if link.is_dir() and not link.is_symlink():  # the layout before generations
+        link.rename(first)
+        point_link(link, first)
+        log.info("qdrant-edge shard %s moved to %s", link, first.name)
+    elif not link.exists() and first.is_dir():
+        point_link(link, first)  # created, then a crash before its link
+    live = live_generation(root, name)
+    for path in generations(root, name).values():
+        if path != live:
+            log.warning("removing qdrant-edge generation %s that is not in use", path)
+            shutil.rmtree(path)
+    link.with_name(f".{name}.link").unlink(missing_ok=True)
+    return live
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` (a sibling) atomically: readers see the old or the new."""
+    tmp = link.with_name(f".{link.name}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.name)
+    tmp.replace(link)
+
+
+def remove_shard(root: Path, name: str) -> None:
+    """Remove shard ``name``: its link first, then its generations."""
+    link = root / name
+    if link.is_symlink():
+        link.unlink()
+    elif link.is_dir():  # the layout before generations
+        shutil.rmtree(link)
+    for path in generations(root, name).values():
+        shutil.rmtree(path)
 
 
 def ensure_payload_indexes(shard: qe.EdgeShard, indexes: Mapping[str, str]) -> None:

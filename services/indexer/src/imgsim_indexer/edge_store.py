@@ -16,6 +16,10 @@ Decisions:
 - Qdrant Edge raises plain ``Exception``; :meth:`EdgeStore._call` is the one place that
   turns those into :class:`~imgsim_indexer.errors.StoreError`.
 - Filters: :func:`~imgsim_indexer.qdrant_filters.edge_filter`.
+- Index builds: :class:`~imgsim_indexer.edge_build.IndexBuilds` builds the HNSW index in a
+  child process on a copy of the shard and swaps it in; for that the store takes each
+  write under ``writes`` (a build pauses them while it copies) and keeps each write in
+  ``journal`` while a build runs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +38,7 @@ import qdrant_edge as qe
 from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer import edge_setup as setup
+from imgsim_indexer.edge_build import IndexBuilds, Journal
 from imgsim_indexer.errors import RequestError, StoreError, StoreNotOpenError
 from imgsim_indexer.filters import Match
 from imgsim_indexer.payload import (
@@ -82,6 +86,9 @@ class EdgeStore:
         self.current: str | None = None  # the real shard behind ``collection``
         self._shard: qe.EdgeShard | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self.writes = asyncio.Lock()
+        self.journal: Journal | None = None
+        self.builds = IndexBuilds(self, settings.build)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -89,6 +96,7 @@ class EdgeStore:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
         await self._call(self._open_sync)
+        self.builds.start()
         log.info(
             "qdrant-edge collection %s → %s at %s (%d points)",
             self.collection,
@@ -100,6 +108,7 @@ class EdgeStore:
     async def close(self) -> None:
         if self._executor is None:
             return
+        await self.builds.stop()
         try:
             if self._shard is not None:
                 await self._call(self._close_sync)
@@ -115,13 +124,13 @@ class EdgeStore:
         edge_points = [
             qe.Point(point_id(p.image_id), _floats(p.vector), to_payload(p)) for p in points
         ]
-        await self._call(self._write_sync, qe.UpdateOperation.upsert_points(edge_points))
+        await self._write(qe.UpdateOperation.upsert_points(edge_points), len(edge_points))
 
     async def delete(self, image_ids: Sequence[str]) -> None:
         if not image_ids:
             return
         ids: list[qe.PointId] = [point_id(i) for i in image_ids]
-        await self._call(self._write_sync, qe.UpdateOperation.delete_points(ids))
+        await self._write(qe.UpdateOperation.delete_points(ids), len(ids))
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -209,6 +218,27 @@ class EdgeStore:
         except Exception as exc:  # qdrant_edge raises plain Exception
             raise StoreError(f"qdrant-edge: {exc}") from exc
 
+    async def _write(self, operation: qe.UpdateOperation, points: int) -> None:
+        async with self.writes:
+            await self._call(self._write_sync, operation, points)
+
+    def _write_sync(self, operation: qe.UpdateOperation, points: int) -> None:
+        shard = self._opened()
+        shard.update(operation)
+        if self.journal is not None:
+            self.journal.append(operation, points)
+        shard.flush()
+
+    # what an index build (BuildHost) uses
+    on_shard_thread = _call
+
+    def live_shard(self) -> qe.EdgeShard:
+        return self._opened()
+
+    def swap_shard(self, shard: qe.EdgeShard) -> qe.EdgeShard:
+        old, self._shard = self._opened(), shard
+        return old
+
     def _opened(self) -> qe.EdgeShard:
         if self._shard is None:
             raise StoreNotOpenError("the qdrant-edge store is not open")
@@ -241,12 +271,7 @@ class EdgeStore:
 
     async def drop_collection(self, physical: str) -> None:
         check_droppable(physical, self.current, await self.aliased())
-        await asyncio.to_thread(shutil.rmtree, self.root / physical)
-
-    def _write_sync(self, operation: qe.UpdateOperation) -> None:
-        shard = self._opened()
-        shard.update(operation)
-        shard.flush()
+        await asyncio.to_thread(setup.remove_shard, self.root, physical)
 
     def _close_sync(self) -> None:
         shard, self._shard = self._shard, None
