@@ -74,6 +74,8 @@ async def test_a_build_indexes_the_shard_and_keeps_the_writes_made_meanwhile(
     assert info.points_count == 429 == report.points == await store.count()
     assert info.indexed_vectors_count >= 400  # the copy's points, now in an HNSW segment
     assert report.journaled == 31
+    # The points written meanwhile are unindexed in the built shard: the next build's.
+    assert await store.builds.pending() >= 29
     assert await search_ids(store, 1005) == ["new-5"]  # written during the build
     assert "img-7" not in await search_ids(store, 7, top_k=5)  # deleted during the build
     # One generation, linked; the one it replaced is gone.

@@ -61,6 +61,9 @@ BUILD_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600),
 )
 UNINDEXED = Gauge("imgsim_indexer_unindexed_points", "Points searched by scan until a build.")
+PENDING = Gauge(
+    "imgsim_indexer_points_awaiting_build", "Unindexed points beyond those the last build left."
+)
 BUILDING = Gauge("imgsim_indexer_index_building", "1 while a Qdrant Edge index build runs.")
 
 
@@ -151,9 +154,7 @@ class IndexBuilds:
     async def pending(self) -> int:
         """Unindexed points beyond those the last build left."""
         info = await self.host.on_shard_thread(lambda: self.host.live_shard().info())
-        unindexed = max(0, info.points_count - info.indexed_vectors_count)
-        UNINDEXED.set(unindexed)
-        return unindexed - self._left
+        return _observe(info, self._left)
 
     async def _watch(self) -> None:
         while True:
@@ -211,6 +212,8 @@ class IndexBuilds:
             config = setup.edge_config(host.dim, host.index)
             built = await host.on_shard_thread(setup.load_shard, target, config, host.dim)
             try:
+                # What the build itself left unindexed (not what is written meanwhile).
+                left = await host.on_shard_thread(_unindexed, built)
                 while journal.behind > REPLAY_CHUNK_OPS and not journal.overflowed:
                     await host.on_shard_thread(journal.replay, built, REPLAY_CHUNK_OPS)
 
@@ -240,8 +243,8 @@ class IndexBuilds:
                 await asyncio.to_thread(shutil.rmtree, target, True)
         done = time.perf_counter()
         await asyncio.to_thread(shutil.rmtree, live, True)
-        self._left = max(0, info.points_count - info.indexed_vectors_count)
-        UNINDEXED.set(self._left)
+        self._left = left
+        _observe(info, left)
         return BuildReport(
             points=info.points_count,
             indexed=info.indexed_vectors_count,
@@ -251,6 +254,19 @@ class IndexBuilds:
             journaled=journal.points,
             total_s=done - started,
         )
+
+
+def _unindexed(shard: qe.EdgeShard) -> int:
+    info = shard.info()
+    return max(0, info.points_count - info.indexed_vectors_count)
+
+
+def _observe(info: qe.ShardInfo, left: int) -> int:
+    """Set the gauges from ``info``; return the points awaiting a build."""
+    unindexed = max(0, info.points_count - info.indexed_vectors_count)
+    UNINDEXED.set(unindexed)
+    PENDING.set(max(0, unindexed - left))
+    return unindexed - left
 
 
 def _stopped(journal: Journal) -> str | None:
