@@ -146,13 +146,17 @@ def max_request_size(settings: KafkaSettings) -> int:
     return settings.max_message_bytes + 64 * 1024
 
 
-def make_producer(settings: KafkaSettings, *, linger_ms: int) -> AIOKafkaProducer:
-    """An idempotent producer that waits for all in-sync replicas (durable output)."""
+def make_producer(
+    settings: KafkaSettings, *, linger_ms: int, batch_bytes: int = 16 * 1024
+) -> AIOKafkaProducer:
+    """An idempotent producer that waits for all in-sync replicas (durable output);
+    ``batch_bytes`` per partition batch (aiokafka's default: one record or a few)."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
         enable_idempotence=True,
         linger_ms=linger_ms,
+        max_batch_size=batch_bytes,
         max_request_size=max_request_size(settings),
     )
 

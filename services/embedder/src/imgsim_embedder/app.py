@@ -56,7 +56,10 @@ async def open_state(
         )
         batcher.start()
         stack.push_async_callback(batcher.stop)
-        producer = make_producer(settings.kafka, linger_ms=settings.kafka.bulk_linger_ms)
+        kafka = settings.kafka
+        producer = make_producer(
+            kafka, linger_ms=kafka.bulk_linger_ms, batch_bytes=kafka.bulk_batch_bytes
+        )
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             await producer.start()
         stack.push_async_callback(producer.stop)
