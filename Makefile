@@ -4,7 +4,7 @@ PYTEST_ARGS ?=
 # Weights for `make up`: random (offline, meaningless vectors) | pretrained (downloads once).
 WEIGHTS ?= random
 
-.PHONY: bootstrap up test faults test-unit lint fmt typecheck bench bench-pipeline bench-cache soak compose-check asyncapi images images-smoke
+.PHONY: bootstrap up test faults test-unit lint fmt typecheck bench bench-pipeline bench-cache bench-scale soak compose-check asyncapi images images-smoke
 
 bootstrap:
 	bash infra/local/bootstrap.sh
@@ -55,3 +55,8 @@ soak: bootstrap
 
 bench-cache:
 	$(UV) run python bench/cache.py
+
+# 1M vectors through the vectors topic into the embedded store (SCALE_ARGS="--points 50000
+# --steps 25000,50000 --queries 200" for a quick run; --quantization int8).
+bench-scale: bootstrap
+	$(UV) run python bench/scale.py $(SCALE_ARGS)
