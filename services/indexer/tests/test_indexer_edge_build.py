@@ -5,6 +5,7 @@ short leaving the live shard whole."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,6 @@ import qdrant_edge as qe
 from indexer_samples import DIM, make_point, unit_vector
 
 from imgsim_core.settings import EdgeBuildSettings, QdrantSettings, VectorIndexSettings
-from imgsim_indexer import edge_child
 from imgsim_indexer import edge_setup as setup
 from imgsim_indexer.edge_child import BuildAbandoned
 from imgsim_indexer.edge_store import EdgeStore
@@ -131,7 +131,7 @@ async def test_a_failed_child_leaves_the_live_shard_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await filled(tmp_path, 100)
-    monkeypatch.setattr(edge_child.sys, "executable", "/bin/false")
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the child it starts
 
     with pytest.raises(StoreError, match="exited with 1"):
         await store.builds.build()
