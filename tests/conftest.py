@@ -3,8 +3,9 @@
 By default the project starts them itself as local processes (Apache Kafka in KRaft mode
 from its Maven Central jars, and ``redis-server``) on free ports of 127.0.0.1, once per
 test session. With ``IMGSIM_TEST_CONTAINERS=1`` and a reachable Docker engine they come
-from testcontainers instead. Each test uses its own topic prefix, so tests never see each
-other's records.
+from testcontainers instead, with a Qdrant server. ``IMGSIM_TEST_QDRANT_URL`` names a
+Qdrant server you run yourself, for the tests that need one (they skip without it). Each
+test uses its own topic prefix (and collection), so tests never see each other's records.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from imgsim_gateway.settings import GatewaySettings
 class Services:
     bootstrap: str
     redis_url: str
-    qdrant_url: str | None = None  # a Qdrant server, only where containers provide one
+    qdrant_url: str | None = None  # a Qdrant server: from containers, or IMGSIM_TEST_QDRANT_URL
 
 
 def _docker_reachable() -> bool:
@@ -75,7 +76,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     try:
         kafka.start()
         redis.start()
-        yield Services(kafka.bootstrap, redis.url)
+        yield Services(kafka.bootstrap, redis.url, os.environ.get("IMGSIM_TEST_QDRANT_URL"))
     finally:
         redis.stop()
         kafka.stop()

@@ -25,6 +25,22 @@ class RunningStack:
     data_dir: Path
 
 
+STORES = ["qdrant-edge", "qdrant-server"]
+
+
+def store_env(store: str, infra: Services) -> dict[str, str]:
+    """The indexer's environment for ``store``: embedded Qdrant Edge (the default), or the
+    session's Qdrant server in a fresh collection (skipped where there is none)."""
+    if store == "qdrant-edge":
+        return {}
+    if infra.qdrant_url is None:
+        pytest.skip("needs a Qdrant server: IMGSIM_TEST_QDRANT_URL or IMGSIM_TEST_CONTAINERS=1")
+    return {
+        "INDEXER_QDRANT__URL": infra.qdrant_url,
+        "INDEXER_QDRANT__COLLECTION": f"c{uuid.uuid4().hex[:10]}",
+    }
+
+
 @contextmanager
 def running_stack(
     infra: Services, data_dir: Path, extra_env: dict[str, str] | None = None

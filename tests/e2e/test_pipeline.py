@@ -13,25 +13,15 @@ import pytest
 
 from imgsim_embedder.testimages import distinct_images
 from tests.conftest import Services
-from tests.e2e.conftest import running_stack
+from tests.e2e.conftest import STORES, running_stack, store_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(params=["qdrant-edge", "qdrant-server"])
-def stack(
-    request: pytest.FixtureRequest, infra: Services, topic_prefix: str, tmp_path: Path
-) -> Iterator[str]:
+@pytest.fixture(params=STORES)
+def stack(request: pytest.FixtureRequest, infra: Services, tmp_path: Path) -> Iterator[str]:
     """The three services; the indexer on embedded Qdrant Edge, or on a Qdrant server."""
-    extra_env = {}
-    if request.param == "qdrant-server":
-        if infra.qdrant_url is None:
-            pytest.skip("a Qdrant server comes only from testcontainers (IMGSIM_TEST_CONTAINERS=1)")
-        extra_env = {
-            "INDEXER_QDRANT__URL": infra.qdrant_url,
-            "INDEXER_QDRANT__COLLECTION": f"c{topic_prefix.rstrip('.')}",
-        }
-    with running_stack(infra, tmp_path, extra_env) as running:
+    with running_stack(infra, tmp_path, store_env(request.param, infra)) as running:
         yield running.url
 
 

@@ -16,15 +16,15 @@ from imgsim_core.telemetry import READY_MESSAGE as READY_MARKER
 from imgsim_devstack.processes import ServiceProcess, free_port
 from imgsim_embedder.testimages import distinct_image
 from tests.conftest import Services
+from tests.e2e.conftest import STORES, running_stack, store_env
 from tests.e2e.conftest import RunningStack as Stack
-from tests.e2e.conftest import running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def stack(infra: Services, tmp_path: Path) -> Iterator[Stack]:
-    with running_stack(infra, tmp_path) as running:
+@pytest.fixture(params=STORES)
+def stack(request: pytest.FixtureRequest, infra: Services, tmp_path: Path) -> Iterator[Stack]:
+    with running_stack(infra, tmp_path, store_env(request.param, infra)) as running:
         yield running
 
 
@@ -39,7 +39,14 @@ async def index_many(client: httpx.AsyncClient, numbers: range) -> None:
     assert response.json()["rejected"] == 0
 
 
-async def test_reindex_switches_with_zero_failed_searches(client: httpx.AsyncClient) -> None:
+def collection_of(stack: Stack) -> str:
+    """The name searches go through: ``images``, or the server's collection of this test."""
+    return stack.services[0].env.get("INDEXER_QDRANT__COLLECTION", "images")
+
+
+async def test_reindex_switches_with_zero_failed_searches(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
     await index_many(client, range(20))
     stop = asyncio.Event()
     outcomes: list[int] = []
@@ -89,7 +96,7 @@ async def test_reindex_switches_with_zero_failed_searches(client: httpx.AsyncCli
     assert status["old_collections"] == [status["collection"].replace("_v2", "_v1")]
     stats = (await client.get("/api/v1/stats")).json()
     assert stats["indexed_images"] == 24
-    assert stats["collection"] == "images"
+    assert stats["collection"] == collection_of(stack)
     assert (await client.get("/api/v1/images/img-22")).status_code == 200
     assert (await client.get("/api/v1/images/img-3")).status_code == 404
     top = await client.post("/api/v1/search", json={"image_data": b64(22), "top_k": 1})
@@ -115,6 +122,8 @@ async def test_an_empty_store_rebuilds_from_the_compacted_topics(
         env={
             **indexer.env,
             "INDEXER_QDRANT__PATH": str(stack.data_dir / "qdrant-empty"),
+            # on a server: a collection of its own
+            "INDEXER_QDRANT__COLLECTION": f"fresh{uuid.uuid4().hex[:6]}",
             "INDEXER_GROUP_ID": f"fresh-{uuid.uuid4().hex[:6]}",
         },
         ready_marker=READY_MARKER,
@@ -235,7 +244,7 @@ async def test_a_reindex_is_refused_while_several_indexers_share_the_partitions(
     assert refused.status_code == 202, refused.text
     assert refused.json()["state"] == "failed", refused.json()
     assert "other indexers in group" in refused.json()["error"]
-    assert refused.json()["collection"] == "images"
+    assert refused.json()["collection"] == collection_of(stack)
 
     second.stop()  # leaves the group: the first takes every partition back
     stack.services.remove(second)

@@ -1,4 +1,4 @@
-"""Fixtures: an open store of each implementation (Edge in tmp_path, server in :memory:)."""
+"""Fixtures: an open store of each kind (:func:`indexer_samples.opened_store`)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from indexer_samples import DIM, edge_settings
-from qdrant_client import AsyncQdrantClient
+from indexer_samples import STORE_KINDS, opened_store
 
-from imgsim_core.settings import QdrantSettings
-from imgsim_indexer.edge_store import EdgeStore
-from imgsim_indexer.server_store import ServerStore
 from imgsim_indexer.store import VectorStore
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
-    opened: VectorStore
-    if request.param == "edge":
-        opened = EdgeStore(edge_settings(tmp_path), DIM)
-    else:
-        client = AsyncQdrantClient(location=":memory:")
-        opened = ServerStore(
-            QdrantSettings(url="http://unused", collection="images"), DIM, client=client
-        )
-    await opened.open()
-    yield opened
-    await opened.close()
+    async with opened_store(request.param, tmp_path) as opened:
+        yield opened

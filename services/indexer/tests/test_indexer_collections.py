@@ -26,39 +26,59 @@ def physical(store: VectorStore, name: str, client: AsyncQdrantClient | None) ->
 
 async def test_switch_then_drop_old(store: VectorStore) -> None:
     client = getattr(store, "_client", None)
+    v1, v2 = f"{store.collection}_v1", f"{store.collection}_v2"
     await store.upsert([make_point("old", 1)])
-    assert await store.collections() == ["images_v1"]
-    assert await store.aliased() == "images_v1"
+    assert await store.collections() == [v1]
+    assert await store.aliased() == v1
 
-    new = physical(store, "images_v2", client)
+    new = physical(store, v2, client)
     await new.open()
     await new.upsert([make_point("new", 2)])
-    assert await store.collections() == ["images_v1", "images_v2"]
-    await new.switch_alias("images_v2")
-    assert await store.aliased() == "images_v2"
+    assert await store.collections() == [v1, v2]
+    await new.switch_alias(v2)
+    assert await store.aliased() == v2
 
     with pytest.raises(StoreError):
-        await new.drop_collection("images_v2")  # the alias points at it
+        await new.drop_collection(v2)  # the alias points at it
     await store.close()
-    await new.drop_collection("images_v1")
-    assert await new.collections() == ["images_v2"]
+    await new.drop_collection(v1)
+    assert await new.collections() == [v2]
     hits = await new.search(make_point("x", 2).vector, top_k=5, threshold=None, with_metadata=False)
     assert [h.image_id for h in hits] == ["new"]
     await new.close()
 
 
+async def test_a_store_keeps_its_collection_when_the_alias_moves(store: VectorStore) -> None:
+    """After a model change's switch the old model's store keeps taking that model's
+    vectors: they must land in its own collection, never in the new one's."""
+    client = getattr(store, "_client", None)
+    v1, v2 = f"{store.collection}_v1", f"{store.collection}_v2"
+    new = physical(store, v2, client)
+    await new.open()
+    await new.switch_alias(v2)
+
+    await store.upsert([make_point("old-model", 1)])
+
+    assert store.current == v1
+    assert await store.count() == 1
+    assert await new.count() == 0
+    assert await new.get("old-model") is None
+    await new.close()
+
+
 async def test_retention_drops_the_old_collection_after_a_switch(store: VectorStore) -> None:
     client = getattr(store, "_client", None)
-    new = physical(store, "images_v2", client)
+    v2 = f"{store.collection}_v2"
+    new = physical(store, v2, client)
     await new.open()
-    await new.switch_alias("images_v2")
+    await new.switch_alias(v2)
     await store.close()
     settings = IndexerSettings(reindex_retention_s=0)
     reindexer = Reindexer(settings, Collections(new, settings), lambda n: physical(new, n, client))
     await reindexer._drop_later(0)  # what a switch schedules with the retention setting
-    assert await new.collections() == ["images_v2"]
+    assert await new.collections() == [v2]
     status = await reindexer.status()
-    assert status.collection == "images_v2"
+    assert status.collection == v2
     assert status.old_collections == []
     await new.close()
 

@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
-from indexer_samples import DIM, MODEL, make_point, unit_vector
-from qdrant_client import AsyncQdrantClient
+from indexer_samples import DIM, MODEL, STORE_KINDS, make_point, opened_store, unit_vector
 
 from imgsim_core.contracts import (
     DuplicatesReplied,
@@ -27,14 +26,11 @@ from imgsim_core.contracts import (
     unpack_vector,
 )
 from imgsim_core.kafka import now_ms
-from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.duplicates import find_duplicates
-from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import RequestError
 from imgsim_indexer.handlers import IndexerState, build_router
 from imgsim_indexer.payload import Point
 from imgsim_indexer.queries import combine
-from imgsim_indexer.server_store import ServerStore
 from imgsim_indexer.serving import Collections
 from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import VectorStore
@@ -59,27 +55,23 @@ def point(image_id: str, vector: Vector, content: str, **metadata: Any) -> Point
     return dataclasses.replace(base, vector=vector, content_sha256=sha(content))
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
-    store: VectorStore
-    if request.param == "edge":
-        store = EdgeStore(QdrantSettings(path=tmp_path), DIM, payload_indexes={"kind": "keyword"})
-    else:
-        settings = QdrantSettings(url="http://unused", collection="images")
-        store = ServerStore(settings, DIM, client=AsyncQdrantClient(location=":memory:"))
-    await store.open()
-    await store.upsert(
-        [
-            point("cat-a", unit_vector(1), "cat bytes", kind="cat"),
-            point("cat-copy", unit_vector(1), "cat bytes", kind="cat"),  # same bytes
-            point("cat-resized", near(1, 50), "cat small", kind="cat"),  # near copy
-            point("dog", unit_vector(2), "dog bytes", kind="dog"),
-            point("dog-near", near(2, 51), "dog other", kind="dog"),
-            *(point(f"other-{i}", unit_vector(10 + i), f"other {i}", kind="x") for i in range(6)),
-        ]
-    )
-    yield store
-    await store.close()
+    async with opened_store(request.param, tmp_path, {"kind": "keyword"}) as opened:
+        await opened.upsert(
+            [
+                point("cat-a", unit_vector(1), "cat bytes", kind="cat"),
+                point("cat-copy", unit_vector(1), "cat bytes", kind="cat"),  # same bytes
+                point("cat-resized", near(1, 50), "cat small", kind="cat"),  # near copy
+                point("dog", unit_vector(2), "dog bytes", kind="dog"),
+                point("dog-near", near(2, 51), "dog other", kind="dog"),
+                *(
+                    point(f"other-{i}", unit_vector(10 + i), f"other {i}", kind="x")
+                    for i in range(6)
+                ),
+            ]
+        )
+        yield opened
 
 
 def grouped(reply: DuplicatesReplied) -> list[set[str]]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import qdrant_edge as qe
-from indexer_samples import DIM, edge_settings, make_point, unit_vector
+from indexer_samples import DIM, STORE_KINDS, edge_settings, make_point, opened_store, unit_vector
 from qdrant_client import AsyncQdrantClient
 
 from imgsim_core.contracts import SearchParams
@@ -40,18 +40,12 @@ def server_store(client: AsyncQdrantClient) -> ServerStore:
     return ServerStore(settings, DIM, client=client, payload_indexes=INDEXES)
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=STORE_KINDS)
 async def indexed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[VectorStore]:
-    opened: VectorStore
-    if request.param == "edge":
-        opened = EdgeStore(edge_settings(tmp_path), DIM, payload_indexes=INDEXES)
-    else:
-        opened = server_store(AsyncQdrantClient(location=":memory:"))
-    await opened.open()
-    points = [make_point(image_id, i, meta) for i, (image_id, meta) in enumerate(METADATA.items())]
-    await opened.upsert(points)
-    yield opened
-    await opened.close()
+    async with opened_store(request.param, tmp_path, INDEXES) as opened:
+        points = [make_point(i_d, i, meta) for i, (i_d, meta) in enumerate(METADATA.items())]
+        await opened.upsert(points)
+        yield opened
 
 
 async def found(store: VectorStore, conditions: dict[str, Any]) -> set[str]:

@@ -3,10 +3,12 @@ every search's parameters."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
-from indexer_samples import DIM, make_point, unit_vector
+from indexer_samples import DIM, QDRANT_URL, make_point, unit_vector
 from qdrant_client import AsyncQdrantClient, models
 
 from imgsim_core.settings import QdrantSettings, VectorIndexSettings
@@ -66,6 +68,38 @@ async def test_a_server_collection_is_created_with_the_index_settings() -> None:
     assert params.quantization.oversampling == 2.0
     await store.close()
     await client.close()
+
+
+@pytest.mark.skipif(QDRANT_URL is None, reason="needs IMGSIM_TEST_QDRANT_URL (a Qdrant server)")
+async def test_a_real_server_builds_the_int8_index_and_rescores_from_the_originals() -> None:
+    assert QDRANT_URL is not None
+    client = AsyncQdrantClient(url=QDRANT_URL, check_compatibility=False)
+    settings = QdrantSettings(url=QDRANT_URL, collection=f"t{uuid.uuid4().hex[:10]}", index=INT8)
+    store = ServerStore(settings, DIM, client=client)
+    await store.open()
+    try:
+        await store.upsert([make_point(f"img-{i}", i) for i in range(300)])
+        assert store.current is not None
+        for _ in range(300):  # the server's optimizer builds in the background
+            info = await client.get_collection(store.current)
+            if info.indexed_vectors_count == 300 and info.status == models.CollectionStatus.GREEN:
+                break
+            await asyncio.sleep(0.1)
+        assert info.indexed_vectors_count == 300
+        assert info.config.hnsw_config.m == 8
+        quantization = info.config.quantization_config
+        assert isinstance(quantization, models.ScalarQuantization)
+        assert quantization.scalar.type == models.ScalarType.INT8
+        assert quantization.scalar.always_ram is True
+
+        hits = await store.search(unit_vector(42), top_k=3, threshold=None, with_metadata=False)
+
+        assert hits[0].image_id == "img-42"
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5)  # rescored from float32
+    finally:
+        await store.close()
+        await client.delete_collection(store.current or "")
+        await client.close()
 
 
 def test_the_index_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

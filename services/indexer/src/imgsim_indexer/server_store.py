@@ -4,10 +4,13 @@ Decisions:
 
 - Writes use ``wait=True``: ``upsert``/``delete`` return once Qdrant has applied them,
   so the caller may commit its Kafka offsets (at-least-once, see DESIGN.md).
-- ``settings.collection`` is an alias: reads and writes go through it, so a reindex can
-  build ``_v2`` and switch the alias atomically later. What ``open`` sets up (the first
-  real collection, the dimension check, the payload indexes) is
-  :mod:`imgsim_indexer.server_setup`.
+- ``settings.collection`` is an alias, so a reindex can build ``_v2`` and switch the
+  alias atomically later. ``open`` resolves it once; reads and writes then go to that
+  real collection (``current``), as an Edge store's go to its shard: after a model
+  change's switch the old store keeps serving the old model's collection rather than
+  follow the alias into the new model's vectors. An indexer started after a switch
+  opens the new collection. What ``open`` sets up (the first real collection, the
+  dimension check, the payload indexes) is :mod:`imgsim_indexer.server_setup`.
 - A client can be injected (unit tests use ``AsyncQdrantClient(location=":memory:")``,
   which speaks the same API); an injected client is not closed by :meth:`close`.
 - :meth:`ServerStore._errors` is the one place that turns qdrant-client's errors into
@@ -249,9 +252,11 @@ class ServerStore:
 
     @property
     def _target(self) -> str:
-        """Where reads and writes go: the alias, or the real collection this store was
-        opened on by name (a reindex's new collection, before the alias points at it)."""
-        return self.physical or self.collection
+        """Where reads and writes go: the real collection ``open`` found behind the alias,
+        or the one this store was opened on by name (a reindex's new collection)."""
+        if self.current is None:
+            raise StoreNotOpenError("the qdrant store is not open")
+        return self.current
 
     def _opened(self) -> AsyncQdrantClient:
         if self._client is None:
