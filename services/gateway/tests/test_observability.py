@@ -52,3 +52,29 @@ async def test_every_route_is_labelled_with_its_whole_template() -> None:
     }
     assert {"/api/v1/search/text", "/api/v1/images/{image_id:imageid}", "/api/v1/stats"} <= routes
     assert not {"/search/text", "/images/{image_id:imageid}"} & routes
+
+
+async def test_an_untraced_gateway_carries_the_clients_trace_context_on() -> None:
+    """Without a tracer provider no spans are made, yet what a request produces must carry
+    the client's ``traceparent``: the handler runs in that context."""
+    from opentelemetry import trace
+    from starlette.types import Receive, Scope, Send
+
+    from imgsim_core.tracing import trace_headers
+    from imgsim_gateway.observability import TraceContext
+
+    seen: list[dict[str, bytes]] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(dict(trace_headers()))
+        assert not trace.get_current_span().is_recording()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    transport = httpx.ASGITransport(app=TraceContext(handler))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        await client.get("/", headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+        await client.get("/")
+    assert seen[0]["traceparent"] == f"00-{trace_id}-{parent}-01".encode()
+    assert seen[1] == {}  # no header, no context: nothing made up

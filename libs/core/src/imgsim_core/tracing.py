@@ -134,6 +134,12 @@ def configure_tracing(service: str, environ: Mapping[str, str]) -> TracerProvide
     return provider
 
 
+def tracing_active() -> bool:
+    """Whether a tracer provider records spans (this module's, or one set by other means)."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 def shutdown_tracing() -> None:
     """Export the spans still buffered and stop the exporter (idempotent)."""
     global _provider

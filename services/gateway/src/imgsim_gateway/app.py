@@ -32,6 +32,7 @@ from imgsim_core.kafka import Outage, ensure_topics, make_producer
 from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
 from imgsim_core.tasks import cancel_and_wait
+from imgsim_core.tracing import tracing_active
 from imgsim_gateway.cache import SearchCache
 from imgsim_gateway.checks import ImageChecks
 from imgsim_gateway.content import ContentReader
@@ -272,7 +273,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
-    instrument(app)
+    instrument(app, traced=tracing_active())
     return app
 
 
