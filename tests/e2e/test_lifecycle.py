@@ -282,6 +282,25 @@ async def test_wait_and_errors_on_a_path_the_pipeline_cannot_serve(
     assert (await client.get("/api/v1/images/" + uid("never"))).status_code == 404
 
 
+async def test_a_query_image_the_gateway_passes_and_the_embedder_cannot_decode_is_a_422(
+    client: httpx.AsyncClient,
+) -> None:
+    """The gateway checks a query image's header only; the pixels are the embedder's to
+    decode, and a JPEG whose scan is cut short is refused there with the same answer."""
+    whole = image(3)
+    truncated = whole[: len(whole) // 2]
+    response = await client.post("/api/v1/search", json={"image_data": b64(truncated)})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "corrupt_image"
+    assert "cannot be decoded" in response.json()["error"]["message"]
+    not_an_image = await client.post("/api/v1/search", json={"image_data": b64(b"%PDF-1.7")})
+    assert (not_an_image.status_code, not_an_image.json()["error"]["code"]) == (
+        422, "unsupported_format"
+    )  # fmt: skip
+    good = await client.post("/api/v1/search", json={"image_data": b64(whole)})
+    assert good.status_code == 200, good.text
+
+
 async def test_redis_down_degrades_to_no_cache_and_searches_still_work(stack: Stack) -> None:
     settings = GatewaySettings(
         kafka=KafkaSettings(bootstrap_servers=stack.bootstrap, topic_prefix=stack.prefix),

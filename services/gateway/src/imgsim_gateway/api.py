@@ -27,6 +27,10 @@ API_PREFIX = "/api/v1"
 PROTECTED = [Depends(require_api_key), Depends(enforce_rate_limit)]
 
 
+# The dependencies are ``async def`` although they only read app.state: FastAPI runs a
+# plain ``def`` dependency on its thread pool, a thread hand-off per request.
+
+
 def failures(*codes: int) -> dict[int | str, dict[str, object]]:
     """The documented error answers of a route: 401 and 429 always, and ``codes``."""
     text = {
@@ -42,17 +46,17 @@ def failures(*codes: int) -> dict[int | str, dict[str, object]]:
     return {c: {"model": ErrorBody, "description": text[c]} for c in (401, 429, *codes)}
 
 
-def _writes(request: Request) -> Writes:
+async def _writes(request: Request) -> Writes:
     result: Writes = request.app.state.writes
     return result
 
 
-def _searches(request: Request) -> Searches:
+async def _searches(request: Request) -> Searches:
     result: Searches = request.app.state.searches
     return result
 
 
-def _indexer(request: Request) -> IndexerClient:
+async def _indexer(request: Request) -> IndexerClient:
     result: IndexerClient = request.app.state.indexer
     return result
 

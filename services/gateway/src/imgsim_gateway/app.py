@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imgsim_core import __version__
 from imgsim_core.asyncapi import Completed, asyncapi_document
+from imgsim_core.heap import freeze_startup_heap
 from imgsim_core.kafka import Outage, ensure_topics, make_producer
 from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
@@ -192,6 +193,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             app.state.redis = redis
             app.state.kafka_stats = kafka_stats
             log.info("gateway ready; replies on %s", requester.reply_topic)
+            freeze_startup_heap()
             yield
         finally:
             await cancel_and_wait(sampler)

@@ -4,11 +4,15 @@
   model id, so a search whose embedding is cached skips the embedder and goes straight to
   the indexer. A vector never changes for the same bytes and model, so the TTL is long.
 - **Results** are keyed by a hash of the query and every parameter (``top_k``,
-  ``threshold``, ``filter``, ``include_metadata``) plus the *generation*, a counter the
-  indexer increments after every write batch it has applied. A search reads the
-  generation first and stores its result under it; once a write lands the generation
-  moves on and older results are never read again (they expire with their TTL). So a
-  cached result is never served after a write it does not reflect.
+  ``threshold``, ``filter``, ``include_metadata``), and each holds the *generation* it
+  was computed at: a counter the indexer increments after every write batch it has
+  applied. A lookup reads the generation and the result in one ``MGET`` (one round trip)
+  and takes the result only if its generation is the current one; a search stores its
+  result with the generation it read before asking. Once a write lands the generation
+  moves on and older results are never served again (they expire with their TTL, or the
+  next search overwrites them). So a cached result is never served after a write it does
+  not reflect. (``MGET`` needs both keys on one node: a single Redis, or a primary with
+  replicas; not Redis Cluster.)
 - **Redis down** means no cache: every call here turns a Redis error into a miss (logged
   at most every 30 s) and never fails a search.
 """
@@ -83,25 +87,28 @@ class SearchCache:
         return digest.hexdigest()
 
     def _result_key(
-        self, generation: int, subject: bytes | None, like_id: str | None, params: dict[str, Any]
+        self, subject: bytes | None, like_id: str | None, params: dict[str, Any]
     ) -> str:
         query = subject if subject is not None else b"like:" + (like_id or "").encode()
         encoded = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
-        return f"{self.prefix}result:{generation}:{self._digest(query, encoded)}"
+        return f"{self.prefix}result:{self._digest(query, encoded)}"
 
     async def get_result(
         self, subject: bytes | None, like_id: str | None, params: dict[str, Any]
     ) -> ResultLookup:
         if self.result_ttl_s <= 0:
             return ResultLookup(None, None)
+        key = self._result_key(subject, like_id, params)
         try:
-            generation = int(await self.redis.get(self.generation_key) or 0)
-            raw = await self.redis.get(self._result_key(generation, subject, like_id, params))
+            current, raw = await self.redis.mget(self.generation_key, key)
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
             return ResultLookup(None, None)
-        self._count("result", raw is not None)
-        return ResultLookup(_HITS.validate_json(raw) if raw is not None else None, generation)
+        generation = int(current or 0)
+        stored, _, hits = (raw or b"").partition(b":")
+        fresh = raw is not None and stored == str(generation).encode()
+        self._count("result", fresh)
+        return ResultLookup(_HITS.validate_json(hits) if fresh else None, generation)
 
     async def put_result(
         self,
@@ -111,11 +118,13 @@ class SearchCache:
         hits: list[SearchHit],
         generation: int | None,
     ) -> None:
+        """Store ``hits`` as of ``generation``: the one read before the search was asked."""
         if generation is None or self.result_ttl_s <= 0:
             return
-        key = self._result_key(generation, subject, like_id, params)
+        key = self._result_key(subject, like_id, params)
+        value = b"%d:%s" % (generation, _HITS.dump_json(hits))
         try:
-            await self.redis.set(key, _HITS.dump_json(hits), ex=self.result_ttl_s)
+            await self.redis.set(key, value, ex=self.result_ttl_s)
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
 

@@ -10,7 +10,6 @@ check through :class:`ImageChecks`; the thumbnail reader shares its budget.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import re
@@ -22,6 +21,7 @@ from imgsim_core.errors import ErrorCode
 from imgsim_core.images import (
     CONTENT_TYPES,
     ImageError,
+    ImageInfo,
     check_crop,
     decode_rgb,
     decoded_pixels,
@@ -35,9 +35,10 @@ _DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,",
 _MIME_BREAKS = str.maketrans("", "", " \t\r\n")
 
 
-def decode_base64(data: str) -> bytes:
-    """Standard base64, as a data URL (``data:image/png;base64,...``) too, and with the
-    line breaks of MIME base64 (RFC 2045); any other character is refused."""
+def base64_payload(data: str) -> str:
+    """The base64 of ``image_data`` as the services take it: without a data URL's prefix
+    (``data:image/png;base64,...``) and without the line breaks of MIME base64 (RFC 2045).
+    Not checked here: :func:`decode_base64` refuses any other character."""
     if data.startswith("data:"):
         prefix = _DATA_URL.match(data)
         if prefix is None:
@@ -46,8 +47,15 @@ def decode_base64(data: str) -> bytes:
                 code="invalid_base64",
             )
         data = data[prefix.end() :]
+    if any(c in data for c in " \t\r\n"):  # a scan each, ~5 µs per 100 KB; translate ~60
+        data = data.translate(_MIME_BREAKS)
+    return data
+
+
+def decode_base64(data: str) -> bytes:
+    """The bytes of ``image_data`` (see :func:`base64_payload`); 400 if it is not base64."""
     try:
-        return base64.b64decode(data.translate(_MIME_BREAKS), validate=True)
+        return binascii.a2b_base64(base64_payload(data), strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequestError("image_data is not valid base64", code="invalid_base64") from exc
 
@@ -107,18 +115,28 @@ class ImageChecks:
         image is decoded once off the event loop (big JPEGs in draft mode), so truncated
         and corrupt images are refused here instead of becoming dead letters later.
         """
-        limits = self.limits
+        info = self.header(data, crop)
         try:
-            info = inspect_image(data, limits)
+            async with self.decoding.hold(decoded_pixels(info)):
+                await asyncio.to_thread(decode_rgb, data, self.limits)
+        except ImageError as exc:
+            raise _client_error(exc) from exc
+        return CONTENT_TYPES[info.format]
+
+    def header(self, data: bytes, crop: Crop | None = None) -> ImageInfo:
+        """The checks that need no decode: format, size, pixel count, and the crop box.
+
+        A query image gets only these: the embedder decodes it anyway and answers a
+        corrupt one with its code (a 422 here too), so a second decode in the gateway
+        would only take CPU from the model.
+        """
+        try:
+            info = inspect_image(data, self.limits)
             if crop is not None:
                 check_crop(info, crop.box())
-            async with self.decoding.hold(decoded_pixels(info)):
-                await asyncio.to_thread(decode_rgb, data, limits)
         except ImageError as exc:
-            if exc.code == ErrorCode.IMAGE_TOO_LARGE:
-                raise PayloadTooLargeError(exc.message, code=exc.code) from exc
-            raise InvalidImageError(exc.message, code=exc.code) from exc
-        return CONTENT_TYPES[info.format]
+            raise _client_error(exc) from exc
+        return info
 
     def metadata(self, metadata: Metadata) -> bytes:
         encoded = encode_metadata(metadata)
@@ -129,3 +147,9 @@ class ImageChecks:
                 code="metadata_too_large",
             )
         return encoded
+
+
+def _client_error(exc: ImageError) -> InvalidImageError | PayloadTooLargeError:
+    if exc.code == ErrorCode.IMAGE_TOO_LARGE:
+        return PayloadTooLargeError(exc.message, code=exc.code)
+    return InvalidImageError(exc.message, code=exc.code)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import time
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from imgsim_core.contracts import (
     DuplicatesRequested,
@@ -23,7 +22,7 @@ from imgsim_gateway.api import (
     floats,
     ms_since,
 )
-from imgsim_gateway.checks import decode_base64
+from imgsim_gateway.checks import base64_payload
 from imgsim_gateway.schemas import (
     DuplicatesRequest,
     DuplicatesResponse,
@@ -42,14 +41,18 @@ from imgsim_gateway.searching import Searches
 router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED)
 
 
-async def _search(searches: Searches, query: SearchQuery, options: SearchParams) -> SearchResponse:
+async def _search(searches: Searches, query: SearchQuery, options: SearchParams) -> Response:
+    """The answer, serialized here by pydantic-core: FastAPI's own handling of a returned
+    model validates it once more and encodes it in Python (the route's ``response_model``
+    still documents it)."""
     started = time.perf_counter()
     hits, cached = await searches.search(query, options)
     took_ms = ms_since(started)
-    return SearchResponse(
+    answer = SearchResponse(
         results=[_result(h) for h in hits], took_ms=took_ms, cached=cached,
         query_id=str(uuid.uuid4()), total_found=len(hits), search_time_ms=took_ms,
     )  # fmt: skip
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def _result(hit: SearchHit) -> SearchResult:
@@ -67,18 +70,18 @@ def _options(body: SearchOptions) -> SearchParams:
     "/search", response_model=SearchResponse, responses=failures(400, 413, 422, 503, 504),
     summary="Search by image",
 )  # fmt: skip
-async def search(body: SearchRequest, searches: SearchesDep) -> SearchResponse:
+async def search(body: SearchRequest, searches: SearchesDep) -> Response:
     """The indexed images most similar to the query image, best first."""
-    query = SearchQuery(image=decode_base64(body.image_data), crop=body.crop)
+    query = SearchQuery(image=body.image_data, crop=body.crop)
     return await _search(searches, query, _options(body))
 
 
 def _example(example: QueryExample) -> Example:
-    # The base64 is checked here, so a bad one is a 400 with the gateway's own message.
-    image = None if example.image_data is None else decode_base64(example.image_data)
+    # An image's base64 is checked with the search's other images, on a result-cache miss.
+    image = None if example.image_data is None else base64_payload(example.image_data)
     return Example(
-        image=None if image is None else base64.b64encode(image).decode("ascii"),
-        image_id=example.image_id, text=example.text, weight=example.weight, crop=example.crop,
+        image=image, image_id=example.image_id, text=example.text, weight=example.weight,
+        crop=example.crop,
     )  # fmt: skip
 
 
@@ -87,7 +90,7 @@ def _example(example: QueryExample) -> Example:
     responses=failures(400, 404, 413, 422, 503, 504),
     summary="Search by several examples: images, ids and texts, positive and negative, weighted",
 )  # fmt: skip
-async def search_multi(body: MultiSearchRequest, searches: SearchesDep) -> SearchResponse:
+async def search_multi(body: MultiSearchRequest, searches: SearchesDep) -> Response:
     """As Qdrant's recommend API ("average_vector"): with the weighted means P of the
     positive and N of the negative examples' embeddings, the query is P + (P − N),
     normalised. Images named by id are left out of the results."""
@@ -120,7 +123,7 @@ async def duplicates(body: DuplicatesRequest, indexer: IndexerDep) -> Duplicates
     "/search/text", response_model=SearchResponse, responses=failures(400, 422, 503, 504),
     summary="Search by text (CLIP's text tower)",
 )  # fmt: skip
-async def search_text(body: TextSearchRequest, searches: SearchesDep) -> SearchResponse:
+async def search_text(body: TextSearchRequest, searches: SearchesDep) -> Response:
     return await _search(searches, SearchQuery(text=body.query), _options(body))
 
 
@@ -128,5 +131,5 @@ async def search_text(body: TextSearchRequest, searches: SearchesDep) -> SearchR
     "/search/similar", response_model=SearchResponse, responses=failures(404, 422, 503, 504),
     summary="More like this: search by an indexed image's id",
 )  # fmt: skip
-async def search_similar(body: SimilarSearchRequest, searches: SearchesDep) -> SearchResponse:
+async def search_similar(body: SimilarSearchRequest, searches: SearchesDep) -> Response:
     return await _search(searches, SearchQuery(like_image_id=body.image_id), _options(body))

@@ -3,14 +3,17 @@
 A search crosses Kafka as a question to the embedder (queries topic) when its query
 needs an embedding, or to the indexer (searches topic) when it does not: a search by
 id, examples that are all ids or vectors, or a query whose embedding is cached
-(:mod:`imgsim_gateway.cache`). Query images are checked like written ones first. Nothing
-here knows HTTP: the routes turn request bodies into a :class:`Query` and
-:class:`~imgsim_core.contracts.SearchParams`.
+(:mod:`imgsim_gateway.cache`). A query image stays the base64 text it came as until the
+result cache has missed: a hit needs neither its bytes nor a check (the same text passed
+them when the result was stored), and the text is what the embedder is sent. On a miss
+the gateway decodes the base64 and checks the image's header (format, size, pixel count,
+crop); the embedder decodes the pixels and answers a corrupt image with its code, a 422
+like the gateway's own checks. Nothing here knows HTTP: the routes turn request bodies
+into a :class:`Query` and :class:`~imgsim_core.contracts.SearchParams`.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from dataclasses import dataclass
@@ -28,30 +31,31 @@ from imgsim_core.contracts import (
 )
 from imgsim_core.kafka import now_ms
 from imgsim_gateway.cache import SearchCache
-from imgsim_gateway.checks import ImageChecks, decode_base64
+from imgsim_gateway.checks import ImageChecks, base64_payload, decode_base64
 from imgsim_gateway.indexer import IndexerClient, reply_error
 from imgsim_gateway.settings import GatewaySettings
 
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """What a search looks for: image bytes (a region of them with ``crop``), a text, an
-    indexed image's id, or examples (``positive``, ``negative``; images as base64)."""
+    """What a search looks for: an image as base64 (a region of it with ``crop``), a text,
+    an indexed image's id, or examples (``positive``, ``negative``; images as base64)."""
 
-    image: bytes | None = None
+    image: str | None = None
     text: str | None = None
     like_image_id: str | None = None
     crop: Crop | None = None
     positive: tuple[Example, ...] = ()
     negative: tuple[Example, ...] = ()
 
-    @property
     def cache_subject(self) -> bytes | None:
-        """Bytes that identify this query's embedding (examples: their combination;
-        None for search by id)."""
+        """A digest that identifies this query's embedding (examples: their combination;
+        None for search by id). Computed once a search: an image's base64 is ~100 KB."""
         if self.image is not None:
             box = b"" if self.crop is None else self.crop.model_dump_json().encode()
-            return b"image:" + box + b":" + self.image
+            digest = hashlib.sha256(b"image:" + box + b":")
+            digest.update(self.image.encode())
+            return digest.digest()
         if self.text is not None:
             return b"text:" + self.text.encode()
         if self.positive:
@@ -100,18 +104,19 @@ class Searches:
     async def search(self, query: Query, options: SearchParams) -> tuple[list[SearchHit], bool]:
         """Hits best first, and whether they came from the result cache."""
         params = options.model_dump()
-        cached = await self.cache.get_result(query.cache_subject, query.like_image_id, params)
+        subject = query.cache_subject()
+        cached = await self.cache.get_result(subject, query.like_image_id, params)
         if cached.hits is not None:  # these exact bytes were validated when it was stored
             return cached.hits, True
         if query.image is not None:
-            await self._checks.image(query.image, query.crop)
+            self._checks.header(decode_base64(query.image), query.crop)
         for example in (*query.positive, *query.negative):
             if example.image is not None:
-                await self._checks.image(decode_base64(example.image), example.crop)
+                self._checks.header(decode_base64(example.image), example.crop)
         model_id = await self._indexer.model_id()
         timeout = self.settings.search_timeout_s
         deadline = now_ms() + int(timeout * 1000)
-        vector = await self.cache.get_embedding(query.cache_subject, model_id)
+        vector = await self.cache.get_embedding(subject, model_id)
         request: BaseModel
         examples = {"positive": list(query.positive), "negative": list(query.negative)}
         if vector is not None or not query.needs_embedding:
@@ -122,7 +127,7 @@ class Searches:
             topic = self.topics.searches
         else:
             request = SearchRequested(
-                image=base64.b64encode(query.image).decode("ascii") if query.image else None,
+                image=base64_payload(query.image) if query.image is not None else None,
                 text=query.text, crop=query.crop, deadline_ms=deadline, **examples, **params,
             )  # fmt: skip
             topic = self.topics.queries
@@ -130,10 +135,8 @@ class Searches:
         if answer.error is not None:
             raise reply_error(answer.error, answer.error_code, "search_failed")
         if vector is None and answer.query_vector and answer.model_id:
-            await self.cache.put_embedding(
-                query.cache_subject, answer.model_id, answer.query_vector
-            )
+            await self.cache.put_embedding(subject, answer.model_id, answer.query_vector)
         await self.cache.put_result(
-            query.cache_subject, query.like_image_id, params, answer.hits, cached.generation
+            subject, query.like_image_id, params, answer.hits, cached.generation
         )
         return answer.hits, False
