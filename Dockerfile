@@ -115,15 +115,16 @@ ENTRYPOINT ["imgsim-indexer"]
 
 
 # ----------------------------------------------------------------------------- embedder
-# FastStream + open_clip CLIP ViT-B/32 on torch.
+# FastStream + open_clip CLIP ViT-B/32 on torch (GPU) or OpenVINO (CPU).
 FROM runtime AS embedder
 RUN test -x /app/.venv/bin/imgsim-embedder \
  && mkdir -p /models \
  && chown imgsim:imgsim /models
 
-# Pretrained weights are downloaded once into the /models volume (Hugging Face cache).
-# Metrics on :9101/metrics.
+# Pretrained weights are downloaded once into the /models volume (Hugging Face cache),
+# and on a CPU converted once for OpenVINO into /models/openvino. Metrics on :9101/metrics.
 ENV HF_HOME=/models \
+    EMBEDDER_MODEL__CACHE_DIR=/models/openvino \
     EMBEDDER_METRICS_PORT=9101 \
     EMBEDDER_METRICS_HOST=0.0.0.0
 

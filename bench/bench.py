@@ -55,7 +55,7 @@ from imgsim_core.settings import ImageLimits, ModelSettings, QdrantSettings
 from imgsim_devstack.otlp import OtlpReceiver, ReceivedSpan
 from imgsim_devstack.processes import free_port
 from imgsim_devstack.stack import LocalStack, StackConfig
-from imgsim_embedder.model import ClipEncoder
+from imgsim_embedder.model import ClipEncoder, ImageEncoder, load_encoder
 from imgsim_embedder.settings import EmbedderSettings
 
 LIMITS = ImageLimits()
@@ -131,11 +131,11 @@ class Report:
 def bench_model(report: Report, seconds: float) -> None:
     embedder = EmbedderSettings()
     settings = ModelSettings(weights="random", seed=0)
-    encoder = ClipEncoder.load(settings)
+    encoder = load_encoder(settings)
     bulk = embedder.max_batch
     jpegs = [photo(i) for i in range(bulk)]
     tensors = [encoder.preprocess(decode_rgb(j, LIMITS)) for j in jpegs]
-    section = f"model {encoder.dtype}, {torch.get_num_threads()} threads".replace("torch.", "")
+    section = f"model {_runtime(encoder)}, {torch.get_num_threads()} threads"
     for batch in sorted({1, 8, 16, bulk}):
         x = torch.stack([tensors[i % len(tensors)] for i in range(batch)])
         took = timed(functools.partial(encoder.encode_images, x), seconds)
@@ -167,10 +167,16 @@ def bench_model(report: Report, seconds: float) -> None:
     )
 
 
+def _runtime(encoder: ImageEncoder) -> str:
+    if isinstance(encoder, ClipEncoder):
+        return f"torch {encoder.dtype}".replace("torch.", "")
+    return f"OpenVINO {getattr(encoder, 'precision', '')}"
+
+
 # ----------------------------------------------------------------------------- 2. ceilings
 
 
-def prepare(encoder: ClipEncoder, data: bytes) -> torch.Tensor:
+def prepare(encoder: ImageEncoder, data: bytes) -> torch.Tensor:
     return encoder.preprocess(decode_rgb(data, LIMITS))
 
 

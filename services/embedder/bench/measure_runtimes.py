@@ -13,7 +13,7 @@ the 32). The runtimes a CPU user would pick:
 
 A runtime is worth adopting only if it is faster here and keeps cosine ≥ 0.99 to fp32.
 
-    uv run --group bench python services/embedder/bench/measure_runtimes.py
+    uv run python services/embedder/bench/measure_runtimes.py
 """
 
 from __future__ import annotations

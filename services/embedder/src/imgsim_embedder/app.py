@@ -27,7 +27,7 @@ from imgsim_core.telemetry import serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
-from imgsim_embedder.model import ClipEncoder
+from imgsim_embedder.model import load_encoder
 from imgsim_embedder.settings import EmbedderSettings
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ async def open_state(
             await ensure_topics(settings.kafka)
         pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="imgsim-prep")
         stack.callback(pool.shutdown, wait=False, cancel_futures=True)
-        encoder = await asyncio.to_thread(ClipEncoder.load, settings.model)
+        encoder = await asyncio.to_thread(load_encoder, settings.model)
         batcher = MicroBatcher(
             encoder,
             settings.max_batch,

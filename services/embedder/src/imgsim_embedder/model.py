@@ -1,7 +1,9 @@
 """The CLIP image/text encoder behind a small Protocol.
 
 :class:`ImageEncoder` is all the batcher and the handlers know; :class:`ClipEncoder` is the
-open_clip implementation. Decisions:
+open_clip implementation on torch, and :class:`~imgsim_embedder.openvino_encoder.OpenVinoEncoder`
+the same weights converted for OpenVINO; :func:`load_encoder` picks one by the ``runtime``
+setting (``auto``: OpenVINO on the CPU, torch on a GPU). Decisions:
 
 - Weights: ``pretrained`` (hub tag, cached on disk by open_clip), ``checkpoint`` (a local
   file: anything open_clip's ``load_checkpoint`` reads — a bare state_dict or a training
@@ -80,6 +82,19 @@ class ImageEncoder(Protocol):
         ...
 
 
+def load_encoder(settings: ModelSettings) -> ImageEncoder:
+    """The encoder ``settings.runtime`` names: OpenVINO (``auto`` on the CPU; see
+    :mod:`imgsim_embedder.openvino_encoder`) or torch (``auto`` where CUDA is)."""
+    runtime = settings.runtime
+    if runtime == "auto":
+        runtime = "torch" if pick_device(settings.device).type == "cuda" else "openvino"
+    if runtime == "openvino":
+        from imgsim_embedder.openvino_encoder import OpenVinoEncoder  # CPU only: not on GPUs
+
+        return OpenVinoEncoder.load(settings)
+    return ClipEncoder.load(settings)
+
+
 def pick_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,10 +106,10 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
         return _DTYPES[setting]
     if device.type == "cuda":
         return torch.float16
-    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels here (else bf16 is emulated and slow)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -147,7 +162,7 @@ class ClipEncoder:
             torch.set_num_threads(settings.threads)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
-        model, transform = _create(settings)
+        model, transform = create_model(settings)
         # The parameters keep requires_grad=True: inference_mode records no autograd state
         # either way, and with it off, torch 2.x runs each linear layer on the text tower's
         # transposed (seq, batch, dim) input as a bmm over a weight copied per batch row:
@@ -227,7 +242,7 @@ def _normalised(features: torch.Tensor) -> Vectors:
     return cast(Vectors, unit.cpu().numpy().astype(np.float32, copy=False))
 
 
-def _create(
+def create_model(
     settings: ModelSettings,
 ) -> tuple[open_clip.CLIP, Callable[[Image.Image], torch.Tensor]]:
     """The model in fp32 on CPU, and its eval transform."""

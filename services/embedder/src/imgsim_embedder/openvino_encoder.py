@@ -1,0 +1,308 @@
+"""CLIP on the CPU through OpenVINO: the same weights as :class:`ClipEncoder`, converted.
+
+Measured on the 2-core dev machine, one run (bench/RESULTS.md), against torch bf16 with
+the same random weights: an image alone 26.8 ms against 47.0 ms, a batch of 32 737 ms
+against 895 ms, a text alone 20.2 ms against 28.0 ms; the vectors' cosine to torch
+float32's is ≥ 0.9999. So on a CPU this is the embedder's default (``runtime=auto``).
+
+Decisions:
+
+- Three kinds of compiled model, from the torch model in float32: the whole image tower
+  (search images, any batch), the image tower cut into its steps (patch embedding, each
+  residual block, pooling and projection: the bulk pass runs a step at a time so that
+  queries run between steps, as :meth:`ClipEncoder.encode_images_in_steps` does), and
+  the text tower. Each takes any batch size. The precision is the model setting's dtype
+  (``auto``: bf16 where the CPU has native bf16, f32 elsewhere) as OpenVINO's inference
+  precision; inputs and outputs stay float32.
+- Converting (TorchScript tracing, then OpenVINO's converter) takes ~20 s for all of it,
+  so the converted models are saved under ``cache_dir``, in a folder named by the model
+  id and the versions that shape the conversion; a later start reads them (~2 s with the
+  model's own creation). A cache that cannot be written only costs the next start its
+  conversion.
+- The steps hold a second copy of the image tower's weights (~176 MB in bf16): the
+  price of preemptible bulk passes beside the faster whole pass for queries.
+- Everything runs on the batcher's one inference thread: an infer request is not
+  thread-safe, and each kind has its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import open_clip
+import openvino as ov
+import torch
+from open_clip.transformer import VisionTransformer
+from PIL import Image
+
+from imgsim_core.settings import ModelSettings
+from imgsim_embedder.errors import ModelLoadError
+from imgsim_embedder.model import MODEL_LOAD_SECONDS, Steps, Vectors, cpu_has_bf16, create_model
+
+log = logging.getLogger(__name__)
+
+_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+_IMAGE = (-1, 3, 224, 224)
+
+
+class _Embeds(torch.nn.Module):
+    def __init__(self, visual: VisionTransformer) -> None:
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.visual._embeds(x))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.block(x, attn_mask=None))
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, visual: VisionTransformer) -> None:
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled, _ = self.visual._pool(x)
+        return cast(torch.Tensor, pooled @ self.visual.proj)
+
+
+class _Text(torch.nn.Module):
+    def __init__(self, model: open_clip.CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.model.encode_text(tokens))
+
+
+@dataclass(frozen=True)
+class _Converted:
+    whole: ov.Model
+    steps: list[ov.Model]
+    text: ov.Model
+
+    def save(self, folder: Path) -> None:
+        """As they are: weights in float32, so a model read back gives the same vectors
+        as the one just converted (float16 would halve the ~900 MB and shift them)."""
+        for name, model in (("whole", self.whole), ("text", self.text)):
+            ov.save_model(model, folder / f"{name}.xml", compress_to_fp16=False)
+        for i, step in enumerate(self.steps):
+            ov.save_model(step, folder / f"step{i:02d}.xml", compress_to_fp16=False)
+
+    @classmethod
+    def read(cls, core: ov.Core, folder: Path) -> _Converted:
+        steps = sorted(folder.glob("step*.xml"))
+        if not steps:
+            raise FileNotFoundError(folder / "step00.xml")
+        return cls(
+            whole=core.read_model(folder / "whole.xml"),
+            steps=[core.read_model(path) for path in steps],
+            text=core.read_model(folder / "text.xml"),
+        )
+
+
+def _convert(model: open_clip.CLIP, tokenizer: Callable[[list[str]], torch.Tensor]) -> _Converted:
+    """Trace and convert the towers of ``model`` (float32, on the CPU, in eval mode)."""
+    visual = model.visual
+    if not isinstance(visual, VisionTransformer) or visual.output_tokens:
+        raise ModelLoadError(
+            f"OpenVINO runs open_clip's VisionTransformer towers only, not "
+            f"{type(visual).__name__}; set EMBEDDER_MODEL__RUNTIME=torch"
+        )
+    images = torch.zeros(2, 3, 224, 224)
+    tokens = tokenizer(["a photo", "a cat"])
+    # Traced without autograd: with it, torch's attention takes another path on each of
+    # the tracer's two runs and the traces differ. The tracer's warnings are about the
+    # attention's argument checks, which are the same for every input here.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation
+        embedded = visual._embeds(images)
+        steps = [ov.convert_model(_Embeds(visual), example_input=images, input=[_IMAGE])]
+        width = (-1, *embedded.shape[1:])
+        steps += [
+            ov.convert_model(_Block(block), example_input=embedded, input=[width])
+            for block in visual.transformer.resblocks
+        ]
+        steps.append(ov.convert_model(_Head(visual), example_input=embedded, input=[width]))
+        whole = ov.convert_model(visual, example_input=images, input=[_IMAGE])
+        text = ov.convert_model(_Text(model), example_input=tokens, input=[(-1, tokens.shape[1])])
+    return _Converted(whole=whole, steps=steps, text=text)
+
+
+def _cache_folder(settings: ModelSettings) -> Path:
+    """The model's folder in the cache: its id, and what shapes the conversion."""
+    parts = [settings.model_id, ov.__version__, torch.__version__, open_clip.__version__]
+    if settings.weights == "checkpoint" and settings.checkpoint_path is not None:
+        stat = settings.checkpoint_path.stat()
+        parts += [str(settings.checkpoint_path.resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in settings.model_id)
+    return settings.cache_dir.expanduser() / f"{slug}-{digest}"
+
+
+def _converted(
+    settings: ModelSettings,
+    model: open_clip.CLIP,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    core: ov.Core,
+) -> _Converted:
+    """The converted towers, from the cache or converted now (and then kept there)."""
+    folder = _cache_folder(settings)
+    try:
+        converted = _Converted.read(core, folder)
+    except FileNotFoundError:
+        unreadable = False
+    except RuntimeError as exc:  # written by another version of something, or damaged
+        log.warning("the converted models in %s cannot be read (%s); converting again",
+                    folder, exc)  # fmt: skip
+        unreadable = True
+    else:
+        log.info("OpenVINO models of %s read from %s", settings.model_id, folder)
+        return converted
+    started = time.perf_counter()
+    converted = _convert(model, tokenizer)
+    log.info(
+        "converted %s for OpenVINO in %.1f s", settings.model_id, time.perf_counter() - started
+    )
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+        try:
+            converted.save(staging)
+            if unreadable:
+                shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)  # whole or not at all; fails if another start was first
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        if not folder.is_dir():
+            log.warning("cannot keep the converted models in %s (%s): the next start "
+                        "converts again", folder, exc)  # fmt: skip
+    return converted
+
+
+class OpenVinoEncoder:
+    """An :class:`~imgsim_embedder.model.ImageEncoder` on OpenVINO's CPU plugin."""
+
+    def __init__(
+        self,
+        converted: _Converted,
+        core: ov.Core,
+        config: dict[str, Any],
+        transform: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        *,
+        model_id: str,
+        dim: int,
+        precision: str,
+    ) -> None:
+        self._whole = core.compile_model(converted.whole, "CPU", config).create_infer_request()
+        self._steps = [
+            core.compile_model(step, "CPU", config).create_infer_request()
+            for step in converted.steps
+        ]
+        self._text = core.compile_model(converted.text, "CPU", config).create_infer_request()
+        self._transform = transform
+        self._tokenizer = tokenizer
+        self._model_id = model_id
+        self._dim = dim
+        self.precision = precision
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @classmethod
+    def load(cls, settings: ModelSettings) -> OpenVinoEncoder:
+        """Build (or read back) the compiled towers; blocking (seconds), so call it off the loop."""
+        started = time.perf_counter()
+        if settings.device not in ("auto", "cpu"):
+            raise ModelLoadError(
+                f"OpenVINO runs on the CPU; EMBEDDER_MODEL__DEVICE={settings.device} needs "
+                "EMBEDDER_MODEL__RUNTIME=torch"
+            )
+        precision = _precision(settings.dtype)
+        model, transform = create_model(settings)
+        model = model.eval()
+        core = ov.Core()
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if settings.threads > 0:
+            config["INFERENCE_NUM_THREADS"] = settings.threads
+        tokenizer = cast(
+            Callable[[list[str]], torch.Tensor], open_clip.get_tokenizer(settings.name)
+        )
+        encoder = cls(
+            _converted(settings, model, tokenizer, core),
+            core,
+            config,
+            transform,
+            tokenizer,
+            model_id=settings.model_id,
+            dim=int(model.text_projection.shape[1]),
+            precision=precision,
+        )
+        seconds = time.perf_counter() - started
+        MODEL_LOAD_SECONDS.set(seconds)
+        log.info(
+            "loaded %s on OpenVINO %s (CPU, %s) in %.1f s (dim %d)",
+            settings.model_id, ov.__version__, precision, seconds, encoder.dim,
+        )  # fmt: skip
+        return encoder
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        return self._transform(img)
+
+    def encode_images(self, batch: torch.Tensor) -> Vectors:
+        return _normalised(self._whole.infer({0: _array(batch)})[0])
+
+    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+        x = _array(batch)
+        for i, request in enumerate(self._steps):
+            if i:
+                yield
+            x = request.infer({0: x})[0]
+        return _normalised(x)
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        tokens = self._tokenizer(list(texts)).numpy()
+        return _normalised(self._text.infer({0: tokens})[0])
+
+
+def _precision(dtype: str) -> str:
+    if dtype != "auto":
+        return _PRECISIONS[dtype]
+    return "bf16" if cpu_has_bf16() else "f32"
+
+
+def _array(batch: torch.Tensor) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.ascontiguousarray(batch.detach().to(torch.float32).cpu().numpy())
+
+
+def _normalised(features: Any) -> Vectors:
+    out = np.asarray(features, dtype=np.float32)
+    return cast(Vectors, out / np.linalg.norm(out, axis=1, keepdims=True))

@@ -1,0 +1,147 @@
+"""The OpenVINO encoder against torch on the same random weights (seed 0): the vectors
+agree, the stepwise pass equals the whole one, the converted models are kept and read
+back, and ``runtime`` picks the encoder.
+
+Converting takes ~20 s, so one encoder (and one cache folder) serves the module.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgsim_core.images import decode_rgb
+from imgsim_core.settings import ImageLimits, ModelSettings
+from imgsim_embedder.errors import ModelLoadError
+from imgsim_embedder.model import ClipEncoder, Vectors, load_encoder
+from imgsim_embedder.openvino_encoder import OpenVinoEncoder
+from imgsim_embedder.testimages import distinct_images
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["a photo of a cat", "a red car", "two dogs on a beach"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("openvino")
+
+
+@pytest.fixture(scope="module")
+def settings(cache: Path) -> ModelSettings:
+    return ModelSettings(
+        weights="random", seed=0, device="cpu", runtime="openvino", cache_dir=cache
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder(settings: ModelSettings) -> OpenVinoEncoder:
+    loaded = load_encoder(settings)
+    assert isinstance(loaded, OpenVinoEncoder)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def reference() -> ClipEncoder:
+    return ClipEncoder.load(ModelSettings(weights="random", seed=0, device="cpu", dtype="float32"))
+
+
+@pytest.fixture(scope="module")
+def images(encoder: OpenVinoEncoder) -> torch.Tensor:
+    return torch.stack(
+        [encoder.preprocess(decode_rgb(data, ImageLimits())) for data, _ in distinct_images(6)]
+    )
+
+
+def stepwise(encoder: OpenVinoEncoder, batch: torch.Tensor) -> tuple[Vectors, int]:
+    steps = encoder.encode_images_in_steps(batch)
+    count = 0
+    while True:
+        try:
+            next(steps)
+            count += 1
+        except StopIteration as done:
+            return done.value, count
+
+
+def test_image_vectors_match_torch_float32_of_the_same_weights(
+    encoder: OpenVinoEncoder, reference: ClipEncoder, images: torch.Tensor
+) -> None:
+    vectors = encoder.encode_images(images)
+    assert vectors.shape == (6, 512)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * reference.encode_images(images)).sum(axis=1)
+    assert cosines.min() >= 0.999, cosines
+    assert encoder.model_id == reference.model_id
+    assert encoder.dim == 512
+
+
+def test_the_stepwise_pass_gives_the_whole_passs_vectors(
+    encoder: OpenVinoEncoder, images: torch.Tensor
+) -> None:
+    vectors, steps = stepwise(encoder, images)
+    assert steps == 13  # between the patch embedding, the 12 blocks and the head
+    assert (vectors * encoder.encode_images(images)).sum(axis=1).min() >= 0.9999
+    one, _ = stepwise(encoder, images[:1])  # any batch size, alone or batched
+    assert float((one[0] * vectors[0]).sum()) >= 0.9999
+
+
+def test_text_vectors_match_torch_float32(encoder: OpenVinoEncoder, reference: ClipEncoder) -> None:
+    vectors = encoder.encode_texts(TEXTS)
+    assert vectors.shape == (3, 512)
+    assert (vectors * reference.encode_texts(TEXTS)).sum(axis=1).min() >= 0.999
+    alone = encoder.encode_texts(TEXTS[:1])
+    assert float((alone[0] * vectors[0]).sum()) >= 0.9999
+
+
+def test_a_later_start_reads_the_converted_models_back(
+    encoder: OpenVinoEncoder,
+    settings: ModelSettings,
+    cache: Path,
+    images: torch.Tensor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (folder,) = cache.iterdir()  # one model, one folder; no staging folder left behind
+    assert (folder / "whole.xml").is_file()
+    assert (folder / "text.xml").is_file()
+    assert len(list(folder.glob("step*.xml"))) == 14
+    with caplog.at_level(logging.INFO, logger="imgsim_embedder.openvino_encoder"):
+        again = OpenVinoEncoder.load(settings)
+    assert "read from" in caplog.text
+    assert "converted" not in caplog.text
+    np.testing.assert_allclose(again.encode_images(images), encoder.encode_images(images))
+
+
+def test_a_damaged_cache_is_converted_again(
+    encoder: OpenVinoEncoder,
+    settings: ModelSettings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (kept,) = settings.cache_dir.iterdir()
+    folder = tmp_path / kept.name
+    shutil.copytree(kept, folder)
+    (folder / "whole.xml").write_text("not a model")
+    with caplog.at_level(logging.INFO, logger="imgsim_embedder.openvino_encoder"):
+        again = OpenVinoEncoder.load(settings.model_copy(update={"cache_dir": tmp_path}))
+    assert "cannot be read" in caplog.text
+    assert "converted" in caplog.text
+    np.testing.assert_allclose(
+        again.encode_texts(TEXTS[:1]), encoder.encode_texts(TEXTS[:1]), atol=1e-6
+    )
+    assert "not a model" not in (folder / "whole.xml").read_text(errors="replace")
+    assert [p.name for p in tmp_path.iterdir()] == [kept.name]
+
+
+def test_runtime_picks_the_encoder(encoder: OpenVinoEncoder, cache: Path) -> None:
+    cpu = ModelSettings(weights="random", device="cpu", runtime="torch", cache_dir=cache)
+    assert isinstance(load_encoder(cpu), ClipEncoder)
+    assert isinstance(load_encoder(cpu.model_copy(update={"runtime": "auto"})), OpenVinoEncoder)
+    with pytest.raises(ModelLoadError, match="RUNTIME=torch"):
+        load_encoder(cpu.model_copy(update={"device": "cuda", "runtime": "openvino"}))
