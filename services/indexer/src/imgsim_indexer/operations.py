@@ -162,11 +162,11 @@ def _point(event: ImageEmbedded, *, dim: int, now: datetime, max_metadata_bytes:
         raise EventError(
             "bad_vector", f"the vector holds {vector.size} floats, its event says dim {dim}"
         )
-    if not np.all(np.isfinite(vector)) or not np.any(vector):
+    if not np.isfinite(vector).all() or not vector.any():
         raise EventError("bad_vector", "the vector is zero or not finite")
     # An upstream producer's vectors skip the gateway's check; a point with more would
     # make every search that returns it too big to answer.
-    size = len(encode_metadata(event.metadata))
+    size = len(encode_metadata(event.metadata)) if event.metadata else 2
     if size > max_metadata_bytes:
         raise EventError(
             "metadata_too_large",
