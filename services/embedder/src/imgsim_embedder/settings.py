@@ -20,7 +20,15 @@ class EmbedderSettings(BaseSettings):
     model: ModelSettings = ModelSettings()
     limits: ImageLimits = ImageLimits()
     group_id: str = "imgsim-embedder"
-    max_batch: int = Field(default=32, ge=1, description="Most rows in one forward pass.")
+    max_batch: int = Field(
+        default=16,
+        ge=1,
+        description="Most image rows in one bulk forward pass. A search waits for at most "
+        "one step of a bulk pass (one transformer block), so this bounds how long: on the "
+        "2-core dev machine with OpenVINO, 16 rows ran at 42-43 img/s with 36 ms steps and "
+        "32 rows at 43-44 img/s with 67 ms steps, and a search's p50/p99 under bulk "
+        "indexing fell from 143/323 to 98/172 ms. On a GPU, pick it with bench/gpu.py.",
+    )
     max_wait_ms: float = Field(
         default=5, ge=0, description="How long a batch may wait for more rows to fill."
     )
