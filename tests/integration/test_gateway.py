@@ -350,3 +350,47 @@ async def test_wait_true_without_an_indexer_is_504_and_the_write_stays(
     finally:
         await consumer.stop()
     assert record.key == b"w"
+
+
+async def test_header_checked_writes_accept_what_only_a_decode_would_refuse(
+    infra: Services, topic_prefix: str
+) -> None:
+    """GATEWAY_VERIFY_WRITES=header: the header's checks still refuse (a PDF, a pixel
+    bomb); a JPEG cut short is accepted and produced as it is, for the embedder to
+    decode and dead-letter with its reason."""
+    settings = GatewaySettings(
+        kafka=KafkaSettings(bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix),
+        redis=RedisSettings(url=infra.redis_url),
+        verify_writes="header",
+    )
+    truncated = make_image(2, fmt="JPEG")[:-600]
+    async with in_process_gateway(settings) as client:
+        for data, code in ((b"%PDF-1.7 hello", "unsupported_format"),
+                           (png_bomb(100_000, 100_000), "too_many_pixels")):  # fmt: skip
+            refused = await client.post(
+                "/api/v1/index", json={"image_data": b64(data), "image_id": "a"}
+            )
+            assert (refused.status_code, refused.json()["error"]["code"]) == (422, code)
+        accepted = await client.post(
+            "/api/v1/index", json={"image_data": b64(truncated), "image_id": "cut"}
+        )
+        assert accepted.status_code == 202, accepted.text
+    decoded = GatewaySettings(
+        kafka=KafkaSettings(bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix),
+        redis=RedisSettings(url=infra.redis_url),
+    )
+    async with in_process_gateway(decoded) as client:  # the default decodes: a 422 at once
+        refused = await client.post(
+            "/api/v1/index", json={"image_data": b64(truncated), "image_id": "cut"}
+        )
+        assert (refused.status_code, refused.json()["error"]["code"]) == (422, "corrupt_image")
+    consumer = AIOKafkaConsumer(
+        settings.kafka.topics.images, bootstrap_servers=infra.bootstrap,
+        auto_offset_reset="earliest", group_id=None,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), 10)
+    finally:
+        await consumer.stop()
+    assert (record.key, record.value) == (b"cut", truncated)

@@ -105,7 +105,7 @@ class SearchCache:
             self._unavailable(exc)
             return ResultLookup(None, None)
         generation = int(current or 0)
-        stored, _, hits = (raw or b"").partition(b":")
+        stored, _, hits = _bytes(raw).partition(b":")
         fresh = raw is not None and stored == str(generation).encode()
         self._count("result", fresh)
         return ResultLookup(_HITS.validate_json(hits) if fresh else None, generation)
@@ -153,3 +153,8 @@ class SearchCache:
             )
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
+
+
+def _bytes(value: bytes | str | None) -> bytes:
+    """A value as this client returns it (bytes: it does not decode responses)."""
+    return value.encode() if isinstance(value, str) else value or b""

@@ -108,19 +108,21 @@ class ImageChecks:
         self.limits = limits
         self.decoding = PixelBudget(decode_budget_pixels)
 
-    async def image(self, data: bytes, crop: Crop | None = None) -> str:
-        """Check the bytes fully and return their MIME type; raise a client error otherwise.
+    async def image(self, data: bytes, crop: Crop | None = None, *, decode: bool = True) -> str:
+        """Check the bytes and return their MIME type; raise a client error otherwise.
 
-        The header check (format, size, pixel count) comes first and is cheap; then the
-        image is decoded once off the event loop (big JPEGs in draft mode), so truncated
-        and corrupt images are refused here instead of becoming dead letters later.
+        The header check (format, size, pixel count) comes first and is cheap; then, with
+        ``decode``, the image is decoded once off the event loop (big JPEGs in draft mode),
+        so truncated and corrupt images are refused here instead of becoming dead letters
+        later.
         """
         info = self.header(data, crop)
-        try:
-            async with self.decoding.hold(decoded_pixels(info)):
-                await asyncio.to_thread(decode_rgb, data, self.limits)
-        except ImageError as exc:
-            raise _client_error(exc) from exc
+        if decode:
+            try:
+                async with self.decoding.hold(decoded_pixels(info)):
+                    await asyncio.to_thread(decode_rgb, data, self.limits)
+            except ImageError as exc:
+                raise _client_error(exc) from exc
         return CONTENT_TYPES[info.format]
 
     def header(self, data: bytes, crop: Crop | None = None) -> ImageInfo:

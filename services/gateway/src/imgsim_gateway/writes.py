@@ -62,7 +62,8 @@ class Writes:
 
     async def submit_image(self, image_id: str, data: bytes, metadata: Metadata) -> Written:
         """Produce the image event and return once the broker has it (durable)."""
-        content_type = await self._checks.image(data)
+        decode = self.settings.verify_writes == "decode"
+        content_type = await self._checks.image(data, decode=decode)
         headers = produced_headers()
         headers += [
             (Header.METADATA, self._checks.metadata(metadata)),
