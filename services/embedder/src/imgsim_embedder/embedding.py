@@ -16,8 +16,6 @@ on the event loop or the inference thread.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
@@ -39,6 +37,7 @@ from imgsim_core.contracts import (
     SearchRequested,
     Vector,
     VectorSearchRequested,
+    decode_base64,
     pack_vector,
 )
 from imgsim_core.errors import ErrorCode
@@ -218,8 +217,8 @@ def _box(crop: Crop | None) -> Box | None:
 
 def _image_bytes(image: str) -> bytes:
     try:
-        return base64.b64decode(image, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return decode_base64(image)
+    except ValueError as exc:  # binascii.Error is one
         raise ImageError(ErrorCode.BAD_BASE64, "the image is not valid base64") from exc
 
 

@@ -132,7 +132,7 @@ def _convert(model: open_clip.CLIP, tokenizer: Callable[[list[str]], torch.Tenso
     # the tracer's two runs and the traces differ. The tracer's warnings are about the
     # attention's argument checks, which are the same for every input here.
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation
         embedded = visual._embeds(images)
         steps = [ov.convert_model(_Embeds(visual), example_input=images, input=[_IMAGE])]

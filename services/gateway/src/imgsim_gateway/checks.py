@@ -10,13 +10,13 @@ check through :class:`ImageChecks`; the thumbnail reader shares its budget.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import contextlib
 import re
 from collections import deque
 from collections.abc import AsyncIterator
 
 from imgsim_core.contracts import Crop, Metadata
+from imgsim_core.contracts import decode_base64 as strict_base64
 from imgsim_core.errors import ErrorCode
 from imgsim_core.images import (
     CONTENT_TYPES,
@@ -55,8 +55,8 @@ def base64_payload(data: str) -> str:
 def decode_base64(data: str) -> bytes:
     """The bytes of ``image_data`` (see :func:`base64_payload`); 400 if it is not base64."""
     try:
-        return binascii.a2b_base64(base64_payload(data), strict_mode=True)
-    except (binascii.Error, ValueError) as exc:
+        return strict_base64(base64_payload(data))
+    except ValueError as exc:  # binascii.Error is one
         raise BadRequestError("image_data is not valid base64", code="invalid_base64") from exc
 
 
