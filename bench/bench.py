@@ -338,9 +338,15 @@ class CpuMeter:
 
     def text(self, units: int, unit: str) -> str:
         each = ", ".join(f"{n} {s / units * 1000:.1f}" for n, s in self.used.items())
-        others = sum(s for n, s in self.used.items() if n != "embedder")
-        share = others / self.seconds / (os.cpu_count() or 1)
-        return f"CPU ms per {unit}: {each}; all but the embedder took {share:.0%} of the cores"
+        return (
+            f"CPU ms per {unit}: {each}; all but the embedder took {self.others_share():.0%} "
+            f"of the cores; the cores allow at most {self.ceiling(units):.1f}/s at this cost"
+        )
+
+    def ceiling(self, units: int) -> float:
+        """The rate at which every core would be busy at this CPU per unit: the physical
+        limit of this machine with everything on it."""
+        return (os.cpu_count() or 1) / (sum(self.used.values()) / units)
 
     def others_share(self) -> float:
         others = sum(s for n, s in self.used.items() if n != "embedder")
@@ -384,14 +390,17 @@ async def bench_stack(
         f"{e2e_rate:.1f} images/s ({e2e_s:.1f} s); {e2e_cpu.text(args.images, 'image')}",
     )
     report.values["e2e_others_share"] = e2e_cpu.others_share()
+    report.values["e2e_ceiling"] = e2e_cpu.ceiling(args.images)
 
     for concurrency, count in ((1, args.searches), (8, 2 * args.searches), (32, 3 * args.searches)):
+        queries = images.take(count)  # made first: a JPEG costs this client a few ms
         with CpuMeter(pids) as search_cpu:
-            latencies, rate = await searches(client, images.take(count), concurrency)
+            latencies, rate = await searches(client, queries, concurrency)
         report.values[f"search_c{concurrency}_p50"] = pct(latencies, 50)
         report.values[f"search_c{concurrency}_p99"] = pct(latencies, 99)
         report.values[f"search_c{concurrency}_rate"] = rate
         report.values[f"search_c{concurrency}_others_share"] = search_cpu.others_share()
+        report.values[f"search_c{concurrency}_ceiling"] = search_cpu.ceiling(count)
         report.add(
             "stack",
             f"uncached search, concurrency {concurrency}",
@@ -712,7 +721,8 @@ def judge(report: Report) -> None:
         ratio = v["e2e_rate"] / v["model_jpeg_rate"]
         report.target(
             "index end to end ≥ 80 % of the model's JPEG-bytes rate",
-            f"{ratio:.0%} ({v['e2e_rate']:.1f} / {v['model_jpeg_rate']:.1f})",
+            f"{ratio:.0%} ({v['e2e_rate']:.1f} / {v['model_jpeg_rate']:.1f}); the CPU the whole "
+            f"stack spent per image allows {v['e2e_ceiling']:.1f}/s on these cores",
             ratio >= 0.8,
         )
         bound = v["model_b1_s"] * 1000 + 15
@@ -724,7 +734,8 @@ def judge(report: Report) -> None:
         ratio = v["search_c8_rate"] / v["model_b8_rate"]
         report.target(
             "uncached search c=8: ≥ 70 % of the batch-8 rate",
-            f"{ratio:.0%} ({v['search_c8_rate']:.1f} / {v['model_b8_rate']:.1f})",
+            f"{ratio:.0%} ({v['search_c8_rate']:.1f} / {v['model_b8_rate']:.1f}); the CPU the "
+            f"whole stack spent per search allows {v['search_c8_ceiling']:.1f}/s",
             ratio >= 0.7,
         )
         bound = 2 * v["model_b8_s"] * 1000 + 50

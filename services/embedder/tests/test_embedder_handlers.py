@@ -152,6 +152,36 @@ async def test_outputs_keep_the_input_order(
     assert outs[4].value is None
 
 
+async def test_a_batch_of_records_goes_to_the_model_a_batch_at_a_time_in_order(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """Seven images with a batch of three: passes of three, three and one, and every
+    vector in its place; a poisoned image fails its own pass only (whose images are then
+    tried alone) and is dead-lettered alone."""
+    encoder = FakeEncoder()
+    encoder.poison = {50}
+    batcher = MicroBatcher(encoder, max_batch=3, max_wait_ms=1)
+    batcher.start()
+    try:
+        values = [10, 20, 30, 40, 50, 60, 70]
+        outs = await embed_records(
+            [record(i, f"k{i}".encode(), png(v)) for i, v in enumerate(values)],
+            encoder=encoder, batcher=batcher, pool=pool, topics=TOPICS, limits=LIMITS,
+            model_retries=0,
+        )  # fmt: skip
+    finally:
+        await batcher.stop()
+    image_passes = [rows for kind, rows in encoder.calls if kind == "image"]
+    assert max(image_passes) <= 3
+    assert image_passes[:3] == [3, 3, 1]
+    assert sorted(image_passes[3:]) == [1, 1, 1]  # 40, 50 and 60 alone after the failure
+    assert [o.key for o in outs] == [f"k{i}".encode() for i in range(7)]
+    assert [o.topic for o in outs].count(TOPICS.deadletter) == 1
+    assert outs[4].topic == TOPICS.deadletter
+    for i in (0, 1, 2, 3, 5, 6):
+        assert ImageEmbedded.model_validate_json(outs[i].value or b"").array()[0] == values[i]
+
+
 def query(**fields: Any) -> SearchRequested:
     return SearchRequested(deadline_ms=now_ms() + 5000, top_k=3, **fields)
 

@@ -10,7 +10,9 @@
   the indexer answers (images and texts embedded as urgent work; ids pass through).
 
 Images are decoded and preprocessed in the preprocessing pool (:func:`prepare`), never
-on the event loop or the inference thread.
+on the event loop or the inference thread; a batch of records goes to the model in
+batches of the batcher's size, each as soon as its images are prepared, so the model runs
+while the pool prepares the next.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from imgsim_core.kafka import (
     produced_headers,
 )
 from imgsim_core.settings import ImageLimits
+from imgsim_core.tasks import cancel_and_wait
 from imgsim_core.topics import Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.errors import InferenceError
@@ -125,19 +128,30 @@ async def embed_records(
         future = loop.run_in_executor(pool, prepare, encoder, record.value, limits)
         valid.append(_Valid(i, image_id, metadata, future))
 
-    tensors: list[torch.Tensor] = []
+    # The model gets the images a batch at a time, each as soon as its own images are
+    # prepared: it runs the first while the pool prepares the rest.
     embedded: list[_Valid] = []
-    for item in valid:
-        try:
-            tensors.append(await item.future)
-            embedded.append(item)
-        except ImageError as exc:
-            dead_letter(item.index, exc.code, exc.message)
-        except Exception as exc:  # a decoder bug on odd bytes: this image's fault alone
-            log.exception("preprocessing record at offset %d failed", records[item.index].offset)
-            dead_letter(item.index, "preprocess_error", f"{type(exc).__name__}: {exc}")
-
-    results = await _embed_bulk(batcher, tensors, model_retries, retry_backoff_s)
+    passes: list[asyncio.Task[list[Vector | InferenceError]]] = []
+    try:
+        for first in range(0, len(valid), batcher.max_batch):
+            tensors: list[torch.Tensor] = []
+            for item in valid[first : first + batcher.max_batch]:
+                try:
+                    tensors.append(await item.future)
+                    embedded.append(item)
+                except ImageError as exc:
+                    dead_letter(item.index, exc.code, exc.message)
+                except Exception as exc:  # a decoder bug on odd bytes: this image's alone
+                    offset = records[item.index].offset
+                    log.exception("preprocessing record at offset %d failed", offset)
+                    dead_letter(item.index, "preprocess_error", f"{type(exc).__name__}: {exc}")
+            if tensors:
+                passes.append(asyncio.create_task(
+                    _embed_bulk(batcher, tensors, model_retries, retry_backoff_s)
+                ))  # fmt: skip
+        results = [result for task in passes for result in await task]
+    finally:
+        await cancel_and_wait(*passes)  # those left when one failed (the batcher stopping)
     now = datetime.now(UTC)
     for item, result in zip(embedded, results, strict=True):
         if isinstance(result, InferenceError):
