@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,25 @@ def pid_alive(pid: int) -> bool:
     # A zombie is gone for our purposes once its parent has exited.
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "State:\tZ" not in status.read_text()
+
+
+def children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in found.read_text().split()] if found.exists() else []
+
+
+def health_served(port: int) -> float:
+    """The gateway's count of answered health checks, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    labels = 'method="GET",route="/api/v1/health",status="200"'
+    found = re.search(rf"imgsim_gateway_requests_total\{{{labels}\}} (\S+)", metrics)
+    return float(found.group(1)) if found else 0.0
+
+
+def health(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=5) as r:
+        return int(r.status)
 
 
 def test_up_serves_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
@@ -49,6 +69,15 @@ def test_up_serves_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
         pids = [int(p) for p in re.findall(r"started \w+ \(pid (\d+)\)", log_path.read_text())]
         assert len(pids) == 5  # kafka, redis, indexer, embedder, gateway
         assert all(pid_alive(pid) for pid in pids)
+        # The gateway runs two worker processes; /metrics counts the requests of both.
+        spawned = children(pids[-1])  # the workers, and multiprocessing's resource tracker
+        workers = [c for c in spawned if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2, spawned
+        before = health_served(port)
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(lambda _: health(port), range(40))) == [200] * 40
+        assert health_served(port) - before == 40
+        pids += spawned
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(90)

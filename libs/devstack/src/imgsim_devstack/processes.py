@@ -119,12 +119,19 @@ class _Process:
         return ""
 
     def kill(self) -> None:
-        """SIGKILL by PID, as a crash would end it (the fault tests)."""
+        """SIGKILL, as a crash would end it (the fault tests): the process and what it
+        started (the gateway's worker processes, an index build), as a container's end
+        would. Each was started in a session of its own, whose group id is its PID."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+            self._kill_group()
             log.info("killed %s (pid %d)", self.name, self.proc.pid)
         self._close_log()
+
+    def _kill_group(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -133,8 +140,9 @@ class _Process:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.proc.pid)
-                self.proc.kill()
-                self.proc.wait(5)
+                self._kill_group()
+            with contextlib.suppress(ProcessLookupError):  # anything it left behind
+                os.killpg(self.proc.pid, signal.SIGKILL)
             log.info("stopped %s (pid %d)", self.name, self.proc.pid)
         self._close_log()
 

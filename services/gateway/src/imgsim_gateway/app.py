@@ -40,7 +40,7 @@ from imgsim_gateway.content import ContentReader
 from imgsim_gateway.errors import GatewayError
 from imgsim_gateway.indexer import IndexerClient
 from imgsim_gateway.kafkastats import KafkaStats
-from imgsim_gateway.observability import instrument
+from imgsim_gateway.observability import Registry, instrument
 from imgsim_gateway.routes import include_api
 from imgsim_gateway.searching import Searches
 from imgsim_gateway.settings import GatewaySettings
@@ -275,7 +275,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
-    instrument(app, traced=tracing_active())
+    app.state.registry = Registry(processes=settings.workers)
+    instrument(app, app.state.registry, traced=tracing_active())
     return app
 
 

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -39,12 +39,6 @@ _HITS = TypeAdapter(list[SearchHit])
 
 
 @dataclass
-class CacheCounts:
-    hits: int = 0
-    misses: int = 0
-
-
-@dataclass
 class ResultLookup:
     hits: list[SearchHit] | None
     generation: int | None  # None: Redis unavailable, do not store the result
@@ -56,9 +50,6 @@ class SearchCache:
     prefix: str
     result_ttl_s: int
     embedding_ttl_s: int
-    counts: dict[str, CacheCounts] = field(
-        default_factory=lambda: {"embedding": CacheCounts(), "result": CacheCounts()}
-    )
     _last_warning: float = 0.0
 
     @property
@@ -66,12 +57,7 @@ class SearchCache:
         return generation_key(self.prefix)
 
     def _count(self, cache: str, hit: bool) -> None:
-        if hit:
-            self.counts[cache].hits += 1
-            CACHE_HITS.labels(cache).inc()
-        else:
-            self.counts[cache].misses += 1
-            CACHE_MISSES.labels(cache).inc()
+        (CACHE_HITS if hit else CACHE_MISSES).labels(cache).inc()
 
     def _unavailable(self, exc: Exception) -> None:
         if time.monotonic() - self._last_warning > 30:

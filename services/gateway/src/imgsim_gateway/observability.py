@@ -1,7 +1,8 @@
 """The gateway's metrics (Prometheus) and tracing hooks.
 
 :func:`instrument` wires both into the app: a ``/metrics`` endpoint (the default
-registry: these collectors and those of libs), request count and latency by method,
+registry: these collectors and those of libs; with several worker processes, every
+process's counters added up, see :class:`Registry`), request count and latency by method,
 route template and status (:class:`RequestMetrics`), and OpenTelemetry's FastAPI and
 Redis instrumentations, so a request is a server span and each Redis command (caches,
 rate limits) a client span inside it. The tracer provider itself comes from
@@ -23,7 +24,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -106,16 +115,43 @@ class TraceContext:
             otel_context.detach(token)
 
 
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+class Registry:
+    """Where the gateway's metrics are read: this process's registry, or with several
+    worker processes the files they all write (``PROMETHEUS_MULTIPROC_DIR``), added up."""
+
+    def __init__(self, *, processes: int) -> None:
+        self.processes = processes
+
+    def read(self) -> CollectorRegistry:
+        if self.processes == 1:
+            return REGISTRY
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        return combined
+
+    async def metrics(self) -> Response:
+        return Response(generate_latest(self.read()), media_type=CONTENT_TYPE_LATEST)
+
+    def cache_counts(self) -> dict[str, dict[str, int]]:
+        """Hits and misses of each cache (embedding, result) since the gateway started."""
+        counts = {cache: {"hits": 0, "misses": 0} for cache in ("embedding", "result")}
+        for family in self.read().collect():
+            kind = {"imgsim_gateway_cache_hits": "hits", "imgsim_gateway_cache_misses": "misses"}
+            if family.name not in kind:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    cache = counts.setdefault(sample.labels["cache"], {"hits": 0, "misses": 0})
+                    cache[kind[family.name]] += int(sample.value)
+        return counts
 
 
-def instrument(app: FastAPI, *, traced: bool) -> None:
+def instrument(app: FastAPI, registry: Registry, *, traced: bool) -> None:
     """Add ``/metrics``, request metrics and tracing to the app (call once, last);
     ``traced``: whether a tracer provider records spans (:func:`tracing_active`)."""
     # An API route, not a plain Starlette one: only FastAPI's routes put themselves in the
     # scope, so a plain route would be counted as <unmatched>.
-    app.add_api_route(METRICS_PATH, metrics, include_in_schema=False)
+    app.add_api_route(METRICS_PATH, registry.metrics, include_in_schema=False)
     app.add_middleware(RequestMetrics)
     if not traced:
         app.add_middleware(TraceContext)

@@ -27,7 +27,6 @@ from imgsim_gateway.api import (
     API_PREFIX,
     PROTECTED,
     IndexerDep,
-    SearchesDep,
     WritesDep,
     failures,
 )
@@ -54,7 +53,7 @@ def include_api(app: FastAPI) -> None:
 
 
 @router.get("/stats", response_model=Stats, responses=failures(503, 504), summary="Statistics")
-async def stats(request: Request, indexer: IndexerDep, searches: SearchesDep) -> Stats:
+async def stats(request: Request, indexer: IndexerDep) -> Stats:
     status = await indexer.status()
     kafka: KafkaStats = request.app.state.kafka_stats
     try:
@@ -75,9 +74,7 @@ async def stats(request: Request, indexer: IndexerDep, searches: SearchesDep) ->
         dead_letters=dead_letters,
         searches_in_flight=indexer.in_flight,
         uptime_s=round(time.monotonic() - request.app.state.started, 1),
-        cache={
-            name: {"hits": c.hits, "misses": c.misses} for name, c in searches.cache.counts.items()
-        },
+        cache=request.app.state.registry.cache_counts(),
     )
 
 
