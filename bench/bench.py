@@ -580,9 +580,22 @@ def _root(spans: list[ReceivedSpan]) -> ReceivedSpan | None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and of the processes it runs now (the
+    gateway's workers, an index build), so far (Linux /proc)."""
+    total = 0.0
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in tasks:
+            with contextlib.suppress(FileNotFoundError):
+                stack += [int(c) for c in (task / "children").read_text().split()]
+    return total
 
 
 async def bench_accept(
