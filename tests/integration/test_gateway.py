@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from pydantic import SecretStr
 
 from imgsim_core.settings import ImageLimits, KafkaSettings, RedisSettings
@@ -41,6 +41,19 @@ async def gateway(infra: Services, topic_prefix: str) -> AsyncIterator[httpx.Asy
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+async def first_image_record(settings: GatewaySettings) -> ConsumerRecord[bytes, bytes]:
+    """The first record on the images topic of ``settings``."""
+    consumer = AIOKafkaConsumer(
+        settings.kafka.topics.images, bootstrap_servers=settings.kafka.bootstrap_servers,
+        auto_offset_reset="earliest", group_id=None,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        return await asyncio.wait_for(consumer.getone(), 10)
+    finally:
+        await consumer.stop()
 
 
 def nested(depth: int) -> list[object]:
@@ -73,17 +86,7 @@ async def test_index_produces_the_raw_image_keyed_by_id(gateway: httpx.AsyncClie
     assert writes((await gateway.get("/metrics")).text, "image") == before + 1
 
     settings: GatewaySettings = gateway.settings  # type: ignore[attr-defined]
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topics.images,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        record = await asyncio.wait_for(consumer.getone(), 10)
-    finally:
-        await consumer.stop()
+    record = await first_image_record(settings)
     assert record.key == b"cats/1.jpg"
     assert record.value == image
     headers = dict(record.headers)
@@ -340,15 +343,7 @@ async def test_wait_true_without_an_indexer_is_504_and_the_write_stays(
         )
     assert response.status_code == 504
     assert "will still be applied" in response.json()["error"]["message"]
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topics.images, bootstrap_servers=infra.bootstrap,
-        auto_offset_reset="earliest", group_id=None,
-    )  # fmt: skip
-    await consumer.start()
-    try:
-        record = await asyncio.wait_for(consumer.getone(), 10)
-    finally:
-        await consumer.stop()
+    record = await first_image_record(settings)
     assert record.key == b"w"
 
 
@@ -384,13 +379,5 @@ async def test_header_checked_writes_accept_what_only_a_decode_would_refuse(
             "/api/v1/index", json={"image_data": b64(truncated), "image_id": "cut"}
         )
         assert (refused.status_code, refused.json()["error"]["code"]) == (422, "corrupt_image")
-    consumer = AIOKafkaConsumer(
-        settings.kafka.topics.images, bootstrap_servers=infra.bootstrap,
-        auto_offset_reset="earliest", group_id=None,
-    )  # fmt: skip
-    await consumer.start()
-    try:
-        record = await asyncio.wait_for(consumer.getone(), 10)
-    finally:
-        await consumer.stop()
+    record = await first_image_record(settings)
     assert (record.key, record.value) == (b"cut", truncated)

@@ -222,8 +222,8 @@ class OpenVinoEncoder:
         self._text = core.compile_model(converted.text, "CPU", config).create_infer_request()
         self._transform = transform
         self._tokenizer = tokenizer
-        self._model_id = model_id
-        self._dim = dim
+        self.model_id = model_id
+        self.dim = dim
         self.precision = precision
         self._warm_up()
 
@@ -235,14 +235,6 @@ class OpenVinoEncoder:
         for _ in self.encode_images_in_steps(image):
             pass
         self.encode_texts(["a photo"])
-
-    @property
-    def model_id(self) -> str:
-        return self._model_id
-
-    @property
-    def dim(self) -> int:
-        return self._dim
 
     @classmethod
     def load(cls, settings: ModelSettings) -> OpenVinoEncoder:
