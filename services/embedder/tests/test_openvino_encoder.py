@@ -111,6 +111,7 @@ def test_a_later_start_reads_the_converted_models_back(
     assert (folder / "whole.xml").is_file()
     assert (folder / "text.xml").is_file()
     assert len(list(folder.glob("step*.xml"))) == 14
+    assert any((folder / "compiled").iterdir())  # OpenVINO's compiled form, for the next start
     with caplog.at_level(logging.INFO, logger="imgsim_embedder.openvino_encoder"):
         again = OpenVinoEncoder.load(settings)
     assert "read from" in caplog.text

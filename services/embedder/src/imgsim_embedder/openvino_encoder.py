@@ -16,9 +16,12 @@ Decisions:
   precision; inputs and outputs stay float32.
 - Converting (TorchScript tracing, then OpenVINO's converter) takes ~20 s for all of it,
   so the converted models are saved under ``cache_dir``, in a folder named by the model
-  id and the versions that shape the conversion; a later start reads them (~2 s with the
-  model's own creation). A cache that cannot be written only costs the next start its
-  conversion.
+  id and the versions that shape the conversion (~900 MB, weights in float32), and
+  compiled from those files, so that OpenVINO keeps its compiled form beside them
+  (another ~900 MB): a later start maps that in (0.4 s instead of 5 s of compiling), and
+  the process holds ~340 MB of anonymous memory more than torch's bf16 model (measured:
+  1,150 against 807 MB after load; the rest of its RSS is those files, mapped). A cache
+  that cannot be written only costs the next start its conversion.
 - The steps hold a second copy of the image tower's weights (~176 MB in bf16): the
   price of preemptible bulk passes beside the faster whole pass for queries.
 - Everything runs on the batcher's one inference thread: an infer request is not
@@ -94,27 +97,45 @@ class _Text(torch.nn.Module):
 
 @dataclass(frozen=True)
 class _Converted:
-    whole: ov.Model
-    steps: list[ov.Model]
-    text: ov.Model
+    """The three kinds of model, in memory or as the paths of their files in the cache."""
+
+    whole: ov.Model | str
+    steps: list[ov.Model] | list[str]
+    text: ov.Model | str
 
     def save(self, folder: Path) -> None:
         """As they are: weights in float32, so a model read back gives the same vectors
         as the one just converted (float16 would halve the ~900 MB and shift them)."""
-        for name, model in (("whole", self.whole), ("text", self.text)):
+        models = [("whole", self.whole), ("text", self.text)]
+        models += [(f"step{i:02d}", step) for i, step in enumerate(self.steps)]
+        for name, model in models:
+            assert isinstance(model, ov.Model)
             ov.save_model(model, folder / f"{name}.xml", compress_to_fp16=False)
-        for i, step in enumerate(self.steps):
-            ov.save_model(step, folder / f"step{i:02d}.xml", compress_to_fp16=False)
 
     @classmethod
-    def read(cls, core: ov.Core, folder: Path) -> _Converted:
+    def at(cls, folder: Path) -> _Converted:
         steps = sorted(folder.glob("step*.xml"))
-        if not steps:
-            raise FileNotFoundError(folder / "step00.xml")
+        if not steps or not (folder / "whole.xml").is_file():
+            raise FileNotFoundError(folder / "whole.xml")
         return cls(
-            whole=core.read_model(folder / "whole.xml"),
-            steps=[core.read_model(path) for path in steps],
-            text=core.read_model(folder / "text.xml"),
+            whole=str(folder / "whole.xml"),
+            steps=[str(path) for path in steps],
+            text=str(folder / "text.xml"),
+        )
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    whole: ov.CompiledModel
+    steps: list[ov.CompiledModel]
+    text: ov.CompiledModel
+
+    @classmethod
+    def of(cls, core: ov.Core, converted: _Converted, config: dict[str, Any]) -> _Compiled:
+        return cls(
+            whole=core.compile_model(converted.whole, "CPU", config),
+            steps=[core.compile_model(step, "CPU", config) for step in converted.steps],
+            text=core.compile_model(converted.text, "CPU", config),
         )
 
 
@@ -158,25 +179,30 @@ def _cache_folder(settings: ModelSettings) -> Path:
     return settings.cache_dir.expanduser() / f"{slug}-{digest}"
 
 
-def _converted(
+def _compiled(
     settings: ModelSettings,
     model: open_clip.CLIP,
     tokenizer: Callable[[list[str]], torch.Tensor],
-    core: ov.Core,
-) -> _Converted:
-    """The converted towers, from the cache or converted now (and then kept there)."""
+    config: dict[str, Any],
+) -> _Compiled:
+    """The towers compiled: from the cache's files, or converted now (and kept there).
+
+    Compiled from the files, OpenVINO keeps its compiled form beside them (``CACHE_DIR``)
+    and a later start maps that in (0.4 s) instead of compiling again (5 s); the float32
+    weights are then not held in memory beside the compiled bf16 ones.
+    """
     folder = _cache_folder(settings)
-    try:
-        converted = _Converted.read(core, folder)
-    except FileNotFoundError:
-        unreadable = False
-    except RuntimeError as exc:  # written by another version of something, or damaged
-        log.warning("the converted models in %s cannot be read (%s); converting again",
-                    folder, exc)  # fmt: skip
-        unreadable = True
-    else:
-        log.info("OpenVINO models of %s read from %s", settings.model_id, folder)
-        return converted
+    damaged = False
+    if folder.is_dir():
+        try:
+            compiled = _Compiled.of(_core(folder), _Converted.at(folder), config)
+        except (FileNotFoundError, RuntimeError) as exc:  # partial, damaged, or of another version
+            log.warning("the converted models in %s cannot be read (%s); converting again",
+                        folder, exc)  # fmt: skip
+            damaged = True
+        else:
+            log.info("OpenVINO models of %s read from %s", settings.model_id, folder)
+            return compiled
     started = time.perf_counter()
     converted = _convert(model, tokenizer)
     log.info(
@@ -187,7 +213,7 @@ def _converted(
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
         try:
             converted.save(staging)
-            if unreadable:
+            if damaged:
                 shutil.rmtree(folder, ignore_errors=True)
             staging.rename(folder)  # whole or not at all; fails if another start was first
         finally:
@@ -196,7 +222,15 @@ def _converted(
         if not folder.is_dir():
             log.warning("cannot keep the converted models in %s (%s): the next start "
                         "converts again", folder, exc)  # fmt: skip
-    return converted
+            return _Compiled.of(ov.Core(), converted, config)
+    return _Compiled.of(_core(folder), _Converted.at(folder), config)
+
+
+def _core(folder: Path) -> ov.Core:
+    """An OpenVINO core that keeps what it compiles in ``folder``/compiled."""
+    core = ov.Core()
+    core.set_property({"CACHE_DIR": str(folder / "compiled")})
+    return core
 
 
 class OpenVinoEncoder:
@@ -204,9 +238,7 @@ class OpenVinoEncoder:
 
     def __init__(
         self,
-        converted: _Converted,
-        core: ov.Core,
-        config: dict[str, Any],
+        compiled: _Compiled,
         transform: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         *,
@@ -214,12 +246,9 @@ class OpenVinoEncoder:
         dim: int,
         precision: str,
     ) -> None:
-        self._whole = core.compile_model(converted.whole, "CPU", config).create_infer_request()
-        self._steps = [
-            core.compile_model(step, "CPU", config).create_infer_request()
-            for step in converted.steps
-        ]
-        self._text = core.compile_model(converted.text, "CPU", config).create_infer_request()
+        self._whole = compiled.whole.create_infer_request()
+        self._steps = [step.create_infer_request() for step in compiled.steps]
+        self._text = compiled.text.create_infer_request()
         self._transform = transform
         self._tokenizer = tokenizer
         self.model_id = model_id
@@ -248,7 +277,6 @@ class OpenVinoEncoder:
         precision = _precision(settings.dtype)
         model, transform = create_model(settings)
         model = model.eval()
-        core = ov.Core()
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",
@@ -258,16 +286,13 @@ class OpenVinoEncoder:
         tokenizer = cast(
             Callable[[list[str]], torch.Tensor], open_clip.get_tokenizer(settings.name)
         )
+        dim = int(model.text_projection.shape[1])
+        compiled = _compiled(settings, model, tokenizer, config)
+        del model  # the torch model is not needed once compiled: ~600 MB
         encoder = cls(
-            _converted(settings, model, tokenizer, core),
-            core,
-            config,
-            transform,
-            tokenizer,
-            model_id=settings.model_id,
-            dim=int(model.text_projection.shape[1]),
+            compiled, transform, tokenizer, model_id=settings.model_id, dim=dim,
             precision=precision,
-        )
+        )  # fmt: skip
         seconds = time.perf_counter() - started
         MODEL_LOAD_SECONDS.set(seconds)
         log.info(
