@@ -11,6 +11,16 @@ built index against the exact scan (the same queries' results before the build).
 
     uv run python bench/store_memory.py --points 200000
 
+With ``--keep DIR`` the store stays in DIR; a later run with the same ``--keep``,
+``--points`` and ``--seed`` finds the shard built there and measures only the searches,
+so search settings can be compared on one built shard:
+
+    uv run python bench/store_memory.py --points 1000000 --quantization int8 \
+        --keep /var/tmp/shard-1m --search-ef 256 --oversampling 2,3,4
+
+Each search setting reopens the store (timed), runs the queries once (the first pass:
+the graph and vectors read from disk or page cache) and then again (the warm pass).
+
 The input to ``docs/capacity.md``; the million-scale benchmark goes further (search
 while it builds, through Kafka and the gateway).
 """
@@ -19,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import resource
+import shutil
 import tempfile
 import threading
 import time
@@ -90,6 +102,31 @@ async def searches(
     return found, float(np.percentile(took, 50)), float(np.percentile(took, 99))
 
 
+def exact_top10(written: np.ndarray, queries: np.ndarray) -> list[list[str]]:
+    """Each query's exact top-10 by brute force over every vector written."""
+    exact: list[list[str]] = []
+    for first in range(0, len(queries), 64):  # 64 queries × 1M scores: 256 MB at a time
+        scores = written @ queries[first : first + 64].T
+        top = np.argpartition(-scores, 10, axis=0)[:10]
+        exact.extend([f"img/{j}" for j in column] for column in top.T)
+    return exact
+
+
+async def fill(store: EdgeStore, written: np.ndarray) -> float:
+    """Write every vector in batches; the seconds it took."""
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for first in range(0, len(written), BATCH):
+        block = written[first : first + BATCH]
+        await store.upsert(
+            [
+                Point(f"img/{first + i}", v, "bench", {"tag": f"t{(first + i) % 100}", "n": i}, now)
+                for i, v in enumerate(block)
+            ]
+        )
+    return time.perf_counter() - started
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=200_000)
@@ -100,78 +137,88 @@ async def main() -> None:
     parser.add_argument(
         "--search-ef", default="64,128,256", help="comma-separated, each measured after the build"
     )
+    parser.add_argument(
+        "--oversampling", default="2", help="with int8: comma-separated, each with each search ef"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep", type=Path, help="the store's folder, kept; a shard built there is measured again"
+    )
     args = parser.parse_args()
     index = VectorIndexSettings(
         quantization=args.quantization, hnsw_m=args.m, hnsw_ef_construct=args.ef_construct
     )
-    vectors = ClusteredVectors(DIM, clusters=64, seed=0)
-    work = Path(tempfile.mkdtemp(prefix="imgsim-store-"))
+    vectors = ClusteredVectors(DIM, clusters=64, seed=args.seed)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="imgsim-store-"))
     settings = QdrantSettings(path=str(work), index=index)
     indexes = {"tag": "keyword", "n": "integer"}
-    store = EdgeStore(settings, DIM, payload_indexes=indexes)
-    await store.open()
+    built = (work / settings.collection / "CURRENT").exists()
     # Every vector is made before the baseline, so the RSS figures are the store's alone.
     written = vectors.take(args.points)
     queries = vectors.take(args.queries)
+    exact = exact_top10(written, queries)
     base_rss, base_anon = rss_mb(), anon_mb()
-    now = datetime.now(UTC)
-    started = time.perf_counter()
-    for first in range(0, args.points, BATCH):
-        block = written[first : first + BATCH]
-        await store.upsert(
-            [
-                Point(f"img/{first + i}", v, "bench", {"tag": f"t{(first + i) % 100}", "n": i}, now)
-                for i, v in enumerate(block)
-            ]
-        )
-    upsert_s = time.perf_counter() - started
-    # The exact top-10 of each query, by brute force over every vector written.
-    exact = [[f"img/{j}" for j in np.argsort(-(written @ q))[:10]] for q in queries]
-    _, scan_p50, scan_p99 = await searches(store, queries)
-    _, fscan_p50, fscan_p99 = await searches(store, queries, filtered=True)
-    rss_before, disk_before = rss_mb() - base_rss, disk_mb(work)
-
-    shard = store._opened()  # the build is the shard's own call, not part of the store API
-    with PeakRss() as peak:
-        started = time.perf_counter()
-        await asyncio.to_thread(shard.optimize)
-        build_s = time.perf_counter() - started
-    rss_after, disk_after = rss_mb() - base_rss, disk_mb(work)
-    await store.close()
-
     n = args.points
     print(
         f"points: {n:,} × {DIM} float32 with 2 indexed payload fields, Qdrant Edge, "
         f"m={index.hnsw_m} ef_construct={index.hnsw_ef_construct} "
         f"quantization={index.quantization}"
+        + (f", the shard built in {work} before" if built else "")
     )
-    print(f"upsert: {n / upsert_s:,.0f} points/s ({upsert_s:.1f} s, batches of {BATCH})")
-    print(f"before the build: RSS +{rss_before:,.0f} MB ({rss_before * 2**20 / n:,.0f} B/point),"
-          f" disk {disk_before:,.0f} MB ({disk_before * 2**20 / n:,.0f} B/point),"
-          f" search p50 {scan_p50:.1f} ms p99 {scan_p99:.1f} ms,"
-          f" 1 % filter p50 {fscan_p50:.1f} ms p99 {fscan_p99:.1f} ms")  # fmt: skip
-    print(f"HNSW build: {build_s:.1f} s, peak RSS +{peak.peak - base_rss:,.0f} MB")
-    print(f"after the build: RSS +{rss_after:,.0f} MB ({rss_after * 2**20 / n:,.0f} B/point),"
-          f" disk {disk_after:,.0f} MB ({disk_after * 2**20 / n:,.0f} B/point)")  # fmt: skip
-    for ef in (int(e) for e in args.search_ef.split(",")):
-        # Reopened with each search_ef: a restart, timed, then the same queries.
+    if not built:
+        store = EdgeStore(settings, DIM, payload_indexes=indexes)
+        await store.open()
+        upsert_s = await fill(store, written)
+        _, scan_p50, scan_p99 = await searches(store, queries)
+        _, fscan_p50, fscan_p99 = await searches(store, queries, filtered=True)
+        rss_before, disk_before = rss_mb() - base_rss, disk_mb(work)
+        shard = store._opened()  # the build is the shard's own call, not part of the store API
+        with PeakRss() as peak:
+            started = time.perf_counter()
+            await asyncio.to_thread(shard.optimize)
+            build_s = time.perf_counter() - started
+        segments = shard.info().segments_count
+        rss_after, disk_after = rss_mb() - base_rss, disk_mb(work)
+        await store.close()
+        print(f"upsert: {n / upsert_s:,.0f} points/s ({upsert_s:.1f} s, batches of {BATCH})")
+        per_point = 2**20 / n
+        print(f"before the build: RSS +{rss_before:,.0f} MB ({rss_before * per_point:,.0f}"
+              f" B/point), disk {disk_before:,.0f} MB ({disk_before * per_point:,.0f} B/point),"
+              f" search p50 {scan_p50:.1f} ms p99 {scan_p99:.1f} ms,"
+              f" 1 % filter p50 {fscan_p50:.1f} ms p99 {fscan_p99:.1f} ms")  # fmt: skip
+        print(f"HNSW build: {build_s:.1f} s, peak RSS +{peak.peak - base_rss:,.0f} MB,"
+              f" {segments} segments")  # fmt: skip
+        print(f"after the build: RSS +{rss_after:,.0f} MB ({rss_after * per_point:,.0f} B/point),"
+              f" disk {disk_after:,.0f} MB ({disk_after * per_point:,.0f} B/point)")  # fmt: skip
+
+    oversampling = [float(o) for o in args.oversampling.split(",")] if index.int8 else [0.0]
+    for ef, over in itertools.product((int(e) for e in args.search_ef.split(",")), oversampling):
+        # Reopened with each search setting: a restart, timed, then the same queries.
+        update: dict[str, object] = {"search_ef": ef}
+        if index.int8:
+            update["oversampling"] = over
         reopened = EdgeStore(
-            settings.model_copy(update={"index": index.model_copy(update={"search_ef": ef})}),
+            settings.model_copy(update={"index": index.model_copy(update=update)}),
             DIM,
             payload_indexes=indexes,
         )
         started = time.perf_counter()
         await reopened.open()
         reopen_s = time.perf_counter() - started
+        _, cold_p50, cold_p99 = await searches(reopened, queries)
         found, p50, p99 = await searches(reopened, queries)
         _, fp50, fp99 = await searches(reopened, queries, filtered=True)
         rss_open, anon_open = rss_mb() - base_rss, anon_mb() - base_anon
         await reopened.close()
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found, strict=True)])
-        print(f"search_ef {ef}: reopen {reopen_s:.1f} s (RSS +{rss_open:,.0f} MB, of it"
-              f" anonymous +{anon_open:,.0f} MB), search p50 {p50:.2f} ms p99 {p99:.2f} ms,"
+        what = f"search_ef {ef}" + (f" oversampling {over:g}" if index.int8 else "")
+        print(f"{what}: reopen {reopen_s:.1f} s (RSS +{rss_open:,.0f} MB, of it"
+              f" anonymous +{anon_open:,.0f} MB), first pass p50 {cold_p50:.2f} ms"
+              f" p99 {cold_p99:.2f} ms, then p50 {p50:.2f} ms p99 {p99:.2f} ms,"
               f" 1 % filter p50 {fp50:.2f} ms p99 {fp99:.2f} ms,"
               f" recall@10 {recall:.3f}")  # fmt: skip
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process max RSS {max_rss:,.0f} MB")
 
