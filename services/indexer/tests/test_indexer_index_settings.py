@@ -12,11 +12,14 @@ from indexer_samples import DIM, QDRANT_URL, make_point, unit_vector
 from qdrant_client import AsyncQdrantClient, models
 
 from imgsim_core.settings import QdrantSettings, VectorIndexSettings
+from imgsim_indexer.edge_setup import edge_config
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.server_store import ServerStore
 from imgsim_indexer.settings import IndexerSettings
 
-INT8 = VectorIndexSettings(quantization="int8", hnsw_m=8, search_ef=32, indexing_threshold_kb=1)
+INT8 = VectorIndexSettings(
+    quantization="int8", hnsw_m=8, search_ef=32, indexing_threshold_kb=1, max_segment_size_kb=50_000
+)
 
 
 async def test_an_int8_edge_shard_builds_its_index_and_rescores_from_the_originals(
@@ -44,6 +47,17 @@ async def test_an_int8_edge_shard_builds_its_index_and_rescores_from_the_origina
         unit_vector(7), top_k=1, threshold=None, with_metadata=False
     )] == ["img-7"]  # fmt: skip
     await reopened.close()
+
+
+def test_the_edge_shard_is_configured_with_the_optimizer_settings() -> None:
+    index = INT8.model_copy(update={"segments": 3})
+    optimizers = edge_config(DIM, index).optimizers
+    assert optimizers is not None
+    assert (optimizers.indexing_threshold, optimizers.default_segment_number) == (1, 3)
+    assert optimizers.max_segment_size == 50_000
+    defaults = edge_config(DIM, VectorIndexSettings()).optimizers
+    assert defaults is not None
+    assert defaults.max_segment_size is None  # Qdrant's own, from the CPUs
 
 
 async def test_a_server_collection_is_created_with_the_index_settings() -> None:
@@ -87,6 +101,7 @@ async def test_a_real_server_builds_the_int8_index_and_rescores_from_the_origina
             await asyncio.sleep(0.1)
         assert info.indexed_vectors_count == 300
         assert info.config.hnsw_config.m == 8
+        assert info.config.optimizer_config.max_segment_size == 50_000
         quantization = info.config.quantization_config
         assert isinstance(quantization, models.ScalarQuantization)
         assert quantization.scalar.type == models.ScalarType.INT8

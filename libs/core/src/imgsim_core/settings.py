@@ -186,6 +186,11 @@ class VectorIndexSettings(BaseModel):
     segments: int | None = Field(
         default=None, ge=1, description="Target segment count (None: Qdrant's, from the CPUs)."
     )
+    max_segment_size_kb: int | None = Field(
+        default=None, ge=1, description="Vectors a segment may hold, in KB (a 512-d float32 "
+        "vector is 2 KB); bigger segments search faster and take longer to rebuild (None: "
+        "Qdrant's, 200,000 KB per CPU).",
+    )  # fmt: skip
     search_threads: int | None = Field(
         default=None, ge=1, description="Qdrant Edge's search threads (None: from the CPUs)."
     )

@@ -79,6 +79,7 @@ def edge_config(dim: int, index: VectorIndexSettings) -> qe.EdgeConfig:
         optimizers=qe.EdgeOptimizersConfig(
             indexing_threshold=index.indexing_threshold_kb,
             default_segment_number=index.segments,
+            max_segment_size=index.max_segment_size_kb,
         ),
         max_search_threads=index.search_threads,
     )

@@ -82,6 +82,7 @@ async def create(client: AsyncQdrantClient, real: str, settings: QdrantSettings,
             optimizers_config=models.OptimizersConfigDiff(
                 indexing_threshold=index.indexing_threshold_kb,
                 default_segment_number=index.segments,
+                max_segment_size=index.max_segment_size_kb,
             ),
             quantization_config=(
                 models.ScalarQuantization(
