@@ -21,6 +21,10 @@ so search settings can be compared on one built shard:
 Each search setting reopens the store (timed), runs the queries once (the first pass:
 the graph and vectors read from disk or page cache) and then again (the warm pass).
 
+With ``--step K`` the points arrive K at a time and the index is built after each step,
+as the indexer's background builds do while a store grows; each step prints its build
+time, segment count, warm search times and recall.
+
 The input to ``docs/capacity.md``; the million-scale benchmark goes further (search
 while it builds, through Kafka and the gateway).
 """
@@ -112,12 +116,16 @@ def exact_top10(written: np.ndarray, queries: np.ndarray) -> list[list[str]]:
     return exact
 
 
-async def fill(store: EdgeStore, written: np.ndarray) -> float:
-    """Write every vector in batches; the seconds it took."""
+def recall_at_10(exact: list[list[str]], found: list[list[str]]) -> float:
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found, strict=True)]))
+
+
+async def fill(store: EdgeStore, written: np.ndarray, offset: int = 0) -> float:
+    """Write the vectors (images ``img/<offset>`` on) in batches; the seconds it took."""
     now = datetime.now(UTC)
     started = time.perf_counter()
-    for first in range(0, len(written), BATCH):
-        block = written[first : first + BATCH]
+    for first in range(offset, offset + len(written), BATCH):
+        block = written[first - offset : first - offset + BATCH]
         await store.upsert(
             [
                 Point(f"img/{first + i}", v, "bench", {"tag": f"t{(first + i) % 100}", "n": i}, now)
@@ -125,6 +133,26 @@ async def fill(store: EdgeStore, written: np.ndarray) -> float:
             ]
         )
     return time.perf_counter() - started
+
+
+async def grow(store: EdgeStore, written: np.ndarray, queries: np.ndarray, step: int) -> None:
+    """Write ``step`` points at a time and build after each step, as the indexer's
+    background builds do while points arrive; each step's build time, segment count,
+    warm search times and recall@10 against exact search over the points so far."""
+    shard = store._opened()
+    in_all = 0.0
+    for upto in range(step, len(written) + 1, step):
+        await fill(store, written[upto - step : upto], offset=upto - step)
+        started = time.perf_counter()
+        await asyncio.to_thread(shard.optimize)
+        build_s = time.perf_counter() - started
+        in_all += build_s
+        await searches(store, queries)  # the first pass after a build reads it in
+        found, p50, p99 = await searches(store, queries)
+        recall = recall_at_10(exact_top10(written[:upto], queries), found)
+        print(f"{upto:,} points: build {build_s:.1f} s ({in_all:.1f} s in all),"
+              f" {shard.info().segments_count} segments, search p50 {p50:.2f} ms"
+              f" p99 {p99:.2f} ms, recall@10 {recall:.3f}", flush=True)  # fmt: skip
 
 
 async def main() -> None:
@@ -142,11 +170,23 @@ async def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--step",
+        type=int,
+        default=0,
+        help="write this many points, build, and again (0: one build)",
+    )
+    parser.add_argument(
+        "--max-segment-kb", type=int, help="INDEXER_QDRANT__INDEX__MAX_SEGMENT_SIZE_KB"
+    )
+    parser.add_argument(
         "--keep", type=Path, help="the store's folder, kept; a shard built there is measured again"
     )
     args = parser.parse_args()
     index = VectorIndexSettings(
-        quantization=args.quantization, hnsw_m=args.m, hnsw_ef_construct=args.ef_construct
+        quantization=args.quantization,
+        hnsw_m=args.m,
+        hnsw_ef_construct=args.ef_construct,
+        max_segment_size_kb=args.max_segment_kb,
     )
     vectors = ClusteredVectors(DIM, clusters=64, seed=args.seed)
     work = args.keep or Path(tempfile.mkdtemp(prefix="imgsim-store-"))
@@ -162,10 +202,15 @@ async def main() -> None:
     print(
         f"points: {n:,} × {DIM} float32 with 2 indexed payload fields, Qdrant Edge, "
         f"m={index.hnsw_m} ef_construct={index.hnsw_ef_construct} "
-        f"quantization={index.quantization}"
+        f"quantization={index.quantization} max_segment_size_kb={index.max_segment_size_kb}"
         + (f", the shard built in {work} before" if built else "")
     )
-    if not built:
+    if not built and args.step:
+        store = EdgeStore(settings, DIM, payload_indexes=indexes)
+        await store.open()
+        await grow(store, written, queries, args.step)
+        await store.close()
+    elif not built:
         store = EdgeStore(settings, DIM, payload_indexes=indexes)
         await store.open()
         upsert_s = await fill(store, written)
@@ -210,7 +255,7 @@ async def main() -> None:
         _, fp50, fp99 = await searches(reopened, queries, filtered=True)
         rss_open, anon_open = rss_mb() - base_rss, anon_mb() - base_anon
         await reopened.close()
-        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found, strict=True)])
+        recall = recall_at_10(exact, found)
         what = f"search_ef {ef}" + (f" oversampling {over:g}" if index.int8 else "")
         print(f"{what}: reopen {reopen_s:.1f} s (RSS +{rss_open:,.0f} MB, of it"
               f" anonymous +{anon_open:,.0f} MB), first pass p50 {cold_p50:.2f} ms"
