@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgsim_core.contracts import Condition, Range
 from imgsim_core.settings import QdrantSettings, VectorIndexSettings
 from imgsim_devstack.vectors import ClusteredVectors
 from imgsim_indexer.edge_store import EdgeStore
@@ -92,12 +93,24 @@ class PeakRss:
         self.peak = max(self.peak, rss_mb())
 
 
+FILTERS: dict[str, dict[str, Condition]] = {
+    "1 %": {"tag": "t7"},  # image j is tagged t<j % 100>
+    "10 %": {"n": Range(lt=26)},  # image j has n = j % 256
+}
+
+
+def matching(share: str, points: int) -> np.ndarray:
+    """Which of images 0 … points - 1 the filter ``share`` lets through."""
+    j = np.arange(points)
+    return (j % 100 == 7) if share == "1 %" else (j % 256 < 26)
+
+
 async def searches(
-    store: EdgeStore, queries: np.ndarray, filtered: bool = False
+    store: EdgeStore, queries: np.ndarray, share: str | None = None
 ) -> tuple[list[list[str]], float, float]:
-    """Top-10 of each query; with ``filtered``, among the 1 % of points tagged ``t7``."""
+    """Top-10 of each query; with ``share``, among the points of that filter."""
     took, found = [], []
-    where = {"tag": "t7"} if filtered else None
+    where = FILTERS[share] if share else None
     for q in queries:
         started = time.perf_counter()
         hits = await store.search(q, top_k=10, threshold=None, with_metadata=False, filter=where)
@@ -106,13 +119,18 @@ async def searches(
     return found, float(np.percentile(took, 50)), float(np.percentile(took, 99))
 
 
-def exact_top10(written: np.ndarray, queries: np.ndarray) -> list[list[str]]:
-    """Each query's exact top-10 by brute force over every vector written."""
+def exact_top10(
+    written: np.ndarray, queries: np.ndarray, only: np.ndarray | None = None
+) -> list[list[str]]:
+    """Each query's exact top-10 by brute force over every vector written (or those of
+    them that ``only`` marks)."""
+    ids = np.arange(len(written)) if only is None else np.flatnonzero(only)
+    candidates = written if only is None else written[ids]
     exact: list[list[str]] = []
     for first in range(0, len(queries), 64):  # 64 queries × 1M scores: 256 MB at a time
-        scores = written @ queries[first : first + 64].T
+        scores = candidates @ queries[first : first + 64].T
         top = np.argpartition(-scores, 10, axis=0)[:10]
-        exact.extend([f"img/{j}" for j in column] for column in top.T)
+        exact.extend([f"img/{ids[j]}" for j in column] for column in top.T)
     return exact
 
 
@@ -128,8 +146,8 @@ async def fill(store: EdgeStore, written: np.ndarray, offset: int = 0) -> float:
         block = written[first - offset : first - offset + BATCH]
         await store.upsert(
             [
-                Point(f"img/{first + i}", v, "bench", {"tag": f"t{(first + i) % 100}", "n": i}, now)
-                for i, v in enumerate(block)
+                Point(f"img/{j}", v, "bench", {"tag": f"t{j % 100}", "n": j % 256}, now)
+                for j, v in enumerate(block, start=first)
             ]
         )
     return time.perf_counter() - started
@@ -178,6 +196,7 @@ async def main() -> None:
     parser.add_argument(
         "--max-segment-kb", type=int, help="INDEXER_QDRANT__INDEX__MAX_SEGMENT_SIZE_KB"
     )
+    parser.add_argument("--payload-m", type=int, help="INDEXER_QDRANT__INDEX__HNSW_PAYLOAD_M")
     parser.add_argument(
         "--keep", type=Path, help="the store's folder, kept; a shard built there is measured again"
     )
@@ -187,6 +206,7 @@ async def main() -> None:
         hnsw_m=args.m,
         hnsw_ef_construct=args.ef_construct,
         max_segment_size_kb=args.max_segment_kb,
+        hnsw_payload_m=args.payload_m,
     )
     vectors = ClusteredVectors(DIM, clusters=64, seed=args.seed)
     work = args.keep or Path(tempfile.mkdtemp(prefix="imgsim-store-"))
@@ -197,12 +217,16 @@ async def main() -> None:
     written = vectors.take(args.points)
     queries = vectors.take(args.queries)
     exact = exact_top10(written, queries)
+    exact_in = {
+        share: exact_top10(written, queries, matching(share, args.points)) for share in FILTERS
+    }
     base_rss, base_anon = rss_mb(), anon_mb()
     n = args.points
     print(
         f"points: {n:,} × {DIM} float32 with 2 indexed payload fields, Qdrant Edge, "
         f"m={index.hnsw_m} ef_construct={index.hnsw_ef_construct} "
-        f"quantization={index.quantization} max_segment_size_kb={index.max_segment_size_kb}"
+        f"payload_m={index.hnsw_payload_m} quantization={index.quantization} "
+        f"max_segment_size_kb={index.max_segment_size_kb}"
         + (f", the shard built in {work} before" if built else "")
     )
     if not built and args.step:
@@ -215,7 +239,7 @@ async def main() -> None:
         await store.open()
         upsert_s = await fill(store, written)
         _, scan_p50, scan_p99 = await searches(store, queries)
-        _, fscan_p50, fscan_p99 = await searches(store, queries, filtered=True)
+        _, fscan_p50, fscan_p99 = await searches(store, queries, "1 %")
         rss_before, disk_before = rss_mb() - base_rss, disk_mb(work)
         shard = store._opened()  # the build is the shard's own call, not part of the store API
         with PeakRss() as peak:
@@ -252,7 +276,8 @@ async def main() -> None:
         reopen_s = time.perf_counter() - started
         _, cold_p50, cold_p99 = await searches(reopened, queries)
         found, p50, p99 = await searches(reopened, queries)
-        _, fp50, fp99 = await searches(reopened, queries, filtered=True)
+        f_found, fp50, fp99 = await searches(reopened, queries, "1 %")
+        t_found, tp50, tp99 = await searches(reopened, queries, "10 %")
         rss_open, anon_open = rss_mb() - base_rss, anon_mb() - base_anon
         await reopened.close()
         recall = recall_at_10(exact, found)
@@ -260,8 +285,10 @@ async def main() -> None:
         print(f"{what}: reopen {reopen_s:.1f} s (RSS +{rss_open:,.0f} MB, of it"
               f" anonymous +{anon_open:,.0f} MB), first pass p50 {cold_p50:.2f} ms"
               f" p99 {cold_p99:.2f} ms, then p50 {p50:.2f} ms p99 {p99:.2f} ms,"
-              f" 1 % filter p50 {fp50:.2f} ms p99 {fp99:.2f} ms,"
-              f" recall@10 {recall:.3f}")  # fmt: skip
+              f" recall@10 {recall:.3f}; 1 % filter p50 {fp50:.2f} ms p99 {fp99:.2f} ms,"
+              f" recall@10 {recall_at_10(exact_in['1 %'], f_found):.3f};"
+              f" 10 % filter p50 {tp50:.2f} ms p99 {tp99:.2f} ms,"
+              f" recall@10 {recall_at_10(exact_in['10 %'], t_found):.3f}")  # fmt: skip
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -18,7 +18,12 @@ from imgsim_indexer.server_store import ServerStore
 from imgsim_indexer.settings import IndexerSettings
 
 INT8 = VectorIndexSettings(
-    quantization="int8", hnsw_m=8, search_ef=32, indexing_threshold_kb=1, max_segment_size_kb=50_000
+    quantization="int8",
+    hnsw_m=8,
+    hnsw_payload_m=4,
+    search_ef=32,
+    indexing_threshold_kb=1,
+    max_segment_size_kb=50_000,
 )
 
 
@@ -49,15 +54,19 @@ async def test_an_int8_edge_shard_builds_its_index_and_rescores_from_the_origina
     await reopened.close()
 
 
-def test_the_edge_shard_is_configured_with_the_optimizer_settings() -> None:
-    index = INT8.model_copy(update={"segments": 3})
-    optimizers = edge_config(DIM, index).optimizers
+def test_the_edge_shard_is_configured_with_the_graph_and_optimizer_settings() -> None:
+    config = edge_config(DIM, INT8.model_copy(update={"segments": 3}))
+    assert config.hnsw_config is not None
+    assert (config.hnsw_config.m, config.hnsw_config.payload_m) == (8, 4)
+    optimizers = config.optimizers
     assert optimizers is not None
     assert (optimizers.indexing_threshold, optimizers.default_segment_number) == (1, 3)
     assert optimizers.max_segment_size == 50_000
-    defaults = edge_config(DIM, VectorIndexSettings()).optimizers
-    assert defaults is not None
-    assert defaults.max_segment_size is None  # Qdrant's own, from the CPUs
+    defaults = edge_config(DIM, VectorIndexSettings())
+    assert defaults.optimizers is not None
+    assert defaults.optimizers.max_segment_size is None  # Qdrant's own, from the CPUs
+    assert defaults.hnsw_config is not None
+    assert defaults.hnsw_config.payload_m is None  # Qdrant's own: m
 
 
 async def test_a_server_collection_is_created_with_the_index_settings() -> None:
@@ -102,6 +111,7 @@ async def test_a_real_server_builds_the_int8_index_and_rescores_from_the_origina
         assert info.indexed_vectors_count == 300
         assert info.config.hnsw_config.m == 8
         assert info.config.optimizer_config.max_segment_size == 50_000
+        assert info.config.hnsw_config.payload_m == 4
         quantization = info.config.quantization_config
         assert isinstance(quantization, models.ScalarQuantization)
         assert quantization.scalar.type == models.ScalarType.INT8

@@ -78,7 +78,9 @@ async def create(client: AsyncQdrantClient, real: str, settings: QdrantSettings,
             ),
             shard_number=settings.shards,
             replication_factor=settings.replicas,
-            hnsw_config=models.HnswConfigDiff(m=index.hnsw_m, ef_construct=index.hnsw_ef_construct),
+            hnsw_config=models.HnswConfigDiff(
+                m=index.hnsw_m, ef_construct=index.hnsw_ef_construct, payload_m=index.hnsw_payload_m
+            ),
             optimizers_config=models.OptimizersConfigDiff(
                 indexing_threshold=index.indexing_threshold_kb,
                 default_segment_number=index.segments,
