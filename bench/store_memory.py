@@ -196,7 +196,6 @@ async def main() -> None:
     parser.add_argument(
         "--max-segment-kb", type=int, help="INDEXER_QDRANT__INDEX__MAX_SEGMENT_SIZE_KB"
     )
-    parser.add_argument("--payload-m", type=int, help="INDEXER_QDRANT__INDEX__HNSW_PAYLOAD_M")
     parser.add_argument(
         "--keep", type=Path, help="the store's folder, kept; a shard built there is measured again"
     )
@@ -206,7 +205,6 @@ async def main() -> None:
         hnsw_m=args.m,
         hnsw_ef_construct=args.ef_construct,
         max_segment_size_kb=args.max_segment_kb,
-        hnsw_payload_m=args.payload_m,
     )
     vectors = ClusteredVectors(DIM, clusters=64, seed=args.seed)
     work = args.keep or Path(tempfile.mkdtemp(prefix="imgsim-store-"))
@@ -225,7 +223,7 @@ async def main() -> None:
     print(
         f"points: {n:,} × {DIM} float32 with 2 indexed payload fields, Qdrant Edge, "
         f"m={index.hnsw_m} ef_construct={index.hnsw_ef_construct} "
-        f"payload_m={index.hnsw_payload_m} quantization={index.quantization} "
+        f"quantization={index.quantization} "
         f"max_segment_size_kb={index.max_segment_size_kb}"
         + (f", the shard built in {work} before" if built else "")
     )

@@ -168,11 +168,6 @@ class VectorIndexSettings(BaseModel):
     hnsw_ef_construct: int = Field(
         default=100, ge=4, description="Candidates kept while the graph is built."
     )
-    hnsw_payload_m: int | None = Field(
-        default=None, ge=0, description="Extra edges per node for each indexed payload value, "
-        "so that filters stay fast inside HNSW; 0 builds none (filters matching few points "
-        "are answered from the payload index either way). None: Qdrant's, the same as m.",
-    )  # fmt: skip
     search_ef: int = Field(
         default=256, ge=1, description="Candidates an HNSW search keeps: recall against time."
     )

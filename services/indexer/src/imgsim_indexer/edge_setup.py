@@ -70,7 +70,6 @@ def edge_config(dim: int, index: VectorIndexSettings) -> qe.EdgeConfig:
             m=index.hnsw_m,
             ef_construct=index.hnsw_ef_construct,
             full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
-            payload_m=index.hnsw_payload_m,
         ),
         quantization_config=(
             qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned)

@@ -78,9 +78,7 @@ async def create(client: AsyncQdrantClient, real: str, settings: QdrantSettings,
             ),
             shard_number=settings.shards,
             replication_factor=settings.replicas,
-            hnsw_config=models.HnswConfigDiff(
-                m=index.hnsw_m, ef_construct=index.hnsw_ef_construct, payload_m=index.hnsw_payload_m
-            ),
+            hnsw_config=models.HnswConfigDiff(m=index.hnsw_m, ef_construct=index.hnsw_ef_construct),
             optimizers_config=models.OptimizersConfigDiff(
                 indexing_threshold=index.indexing_threshold_kb,
                 default_segment_number=index.segments,
