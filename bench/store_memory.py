@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from imgsim_core.contracts import Condition, Range
-from imgsim_core.settings import QdrantSettings, VectorIndexSettings
+from imgsim_core.settings import EdgeBuildSettings, QdrantSettings, VectorIndexSettings
 from imgsim_devstack.vectors import ClusteredVectors
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.payload import Point
@@ -208,7 +208,9 @@ async def main() -> None:
     )
     vectors = ClusteredVectors(DIM, clusters=64, seed=args.seed)
     work = args.keep or Path(tempfile.mkdtemp(prefix="imgsim-store-"))
-    settings = QdrantSettings(path=str(work), index=index)
+    # This benchmark runs each build itself, in process: the store's own background
+    # builds would copy and build the shard beside it and switch it under the measurement.
+    settings = QdrantSettings(path=str(work), index=index, build=EdgeBuildSettings(enabled=False))
     indexes = {"tag": "keyword", "n": "integer"}
     built = (work / settings.collection / "CURRENT").exists()
     # Every vector is made before the baseline, so the RSS figures are the store's alone.
