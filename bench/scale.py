@@ -61,6 +61,7 @@ from imgsim_core.contracts import SearchReplied, VectorSearchRequested, pack_vec
 from imgsim_core.kafka import ensure_topics, make_producer, now_ms
 from imgsim_core.requestreply import Requester
 from imgsim_core.settings import (
+    EdgeBuildSettings,
     KafkaSettings,
     ModelSettings,
     QdrantSettings,
@@ -460,7 +461,9 @@ class Bench:
             quantization=self.args.quantization, **index_overrides(self.args)
         )
         store = EdgeStore(
-            QdrantSettings(path=self.work / "qdrant-edge", index=index),
+            QdrantSettings(
+                path=self.work / "qdrant-edge", index=index, build=EdgeBuildSettings(enabled=False)
+            ),
             DIM,
             payload_indexes={"tag": "keyword", "n": "integer"},
         )
