@@ -69,7 +69,7 @@ from imgsim_core.settings import (
 )
 from imgsim_devstack.processes import KafkaBroker, RedisServer, ServiceProcess, free_port
 from imgsim_devstack.stack import StackConfig, service_env
-from imgsim_devstack.vectors import ClusteredVectors, embedded
+from imgsim_devstack.vectors import ClusteredVectors, embedded, exact_top, number, recall
 from imgsim_indexer.edge_store import EdgeStore
 
 DIM = 512
@@ -98,24 +98,6 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
         "p99_ms": float(np.percentile(ms, 99)),
         "max_ms": float(ms.max()),
     }
-
-
-def exact_top(
-    vectors: Floats, queries: Floats, k: int, only: npt.NDArray[np.bool_] | None
-) -> list[set[int]]:
-    """The ids of each query's exact top ``k`` by cosine (the vectors are unit length)."""
-    ids = np.arange(len(vectors)) if only is None else np.flatnonzero(only)
-    candidates = vectors if only is None else vectors[ids]
-    best: list[set[int]] = []
-    for chunk in range(0, len(queries), 64):  # 64 queries × 1M scores: 256 MB at a time
-        scores = candidates @ queries[chunk : chunk + 64].T
-        top = np.argpartition(-scores, k, axis=0)[:k]
-        best.extend({int(i) for i in ids[column]} for column in top.T)
-    return best
-
-
-def recall(found: list[list[int]], exact: list[set[int]]) -> float:
-    return float(np.mean([len(set(f) & e) / len(e) for f, e in zip(found, exact, strict=True)]))
 
 
 def proc_kb(pid: int, field_name: str) -> int:
@@ -355,7 +337,7 @@ class Bench:
                 started = time.perf_counter()
                 ids = await self.search(requester, q, filt)
                 took.append(time.perf_counter() - started)
-                found.append([int(i.split("/")[1]) for i in ids])
+                found.append([number(i) for i in ids])
             row[f"indexer_{name}"] = percentiles(took)
             row[f"recall_{name}"] = recall(found, exact)
         rng = np.random.default_rng(count)

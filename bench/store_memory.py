@@ -47,7 +47,7 @@ import numpy as np
 
 from imgsim_core.contracts import Condition, Range
 from imgsim_core.settings import EdgeBuildSettings, QdrantSettings, VectorIndexSettings
-from imgsim_devstack.vectors import ClusteredVectors
+from imgsim_devstack.vectors import ClusteredVectors, exact_top, number, recall
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.payload import Point
 
@@ -107,7 +107,7 @@ def matching(share: str, points: int) -> np.ndarray:
 
 async def searches(
     store: EdgeStore, queries: np.ndarray, share: str | None = None
-) -> tuple[list[list[str]], float, float]:
+) -> tuple[list[list[int]], float, float]:
     """Top-10 of each query; with ``share``, among the points of that filter."""
     took, found = [], []
     where = FILTERS[share] if share else None
@@ -115,27 +115,8 @@ async def searches(
         started = time.perf_counter()
         hits = await store.search(q, top_k=10, threshold=None, with_metadata=False, filter=where)
         took.append((time.perf_counter() - started) * 1000)
-        found.append([h.image_id for h in hits])
+        found.append([number(h.image_id) for h in hits])
     return found, float(np.percentile(took, 50)), float(np.percentile(took, 99))
-
-
-def exact_top10(
-    written: np.ndarray, queries: np.ndarray, only: np.ndarray | None = None
-) -> list[list[str]]:
-    """Each query's exact top-10 by brute force over every vector written (or those of
-    them that ``only`` marks)."""
-    ids = np.arange(len(written)) if only is None else np.flatnonzero(only)
-    candidates = written if only is None else written[ids]
-    exact: list[list[str]] = []
-    for first in range(0, len(queries), 64):  # 64 queries × 1M scores: 256 MB at a time
-        scores = candidates @ queries[first : first + 64].T
-        top = np.argpartition(-scores, 10, axis=0)[:10]
-        exact.extend([f"img/{ids[j]}" for j in column] for column in top.T)
-    return exact
-
-
-def recall_at_10(exact: list[list[str]], found: list[list[str]]) -> float:
-    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, found, strict=True)]))
 
 
 async def fill(store: EdgeStore, written: np.ndarray, offset: int = 0) -> float:
@@ -167,10 +148,10 @@ async def grow(store: EdgeStore, written: np.ndarray, queries: np.ndarray, step:
         in_all += build_s
         await searches(store, queries)  # the first pass after a build reads it in
         found, p50, p99 = await searches(store, queries)
-        recall = recall_at_10(exact_top10(written[:upto], queries), found)
+        got = recall(found, exact_top(written[:upto], queries, 10))
         print(f"{upto:,} points: build {build_s:.1f} s ({in_all:.1f} s in all),"
               f" {shard.info().segments_count} segments, search p50 {p50:.2f} ms"
-              f" p99 {p99:.2f} ms, recall@10 {recall:.3f}", flush=True)  # fmt: skip
+              f" p99 {p99:.2f} ms, recall@10 {got:.3f}", flush=True)  # fmt: skip
 
 
 async def main() -> None:
@@ -216,9 +197,9 @@ async def main() -> None:
     # Every vector is made before the baseline, so the RSS figures are the store's alone.
     written = vectors.take(args.points)
     queries = vectors.take(args.queries)
-    exact = exact_top10(written, queries)
+    exact = exact_top(written, queries, 10)
     exact_in = {
-        share: exact_top10(written, queries, matching(share, args.points)) for share in FILTERS
+        share: exact_top(written, queries, 10, matching(share, args.points)) for share in FILTERS
     }
     base_rss, base_anon = rss_mb(), anon_mb()
     n = args.points
@@ -280,15 +261,15 @@ async def main() -> None:
         t_found, tp50, tp99 = await searches(reopened, queries, "10 %")
         rss_open, anon_open = rss_mb() - base_rss, anon_mb() - base_anon
         await reopened.close()
-        recall = recall_at_10(exact, found)
         what = f"search_ef {ef}" + (f" oversampling {over:g}" if index.int8 else "")
         print(f"{what}: reopen {reopen_s:.1f} s (RSS +{rss_open:,.0f} MB, of it"
               f" anonymous +{anon_open:,.0f} MB), first pass p50 {cold_p50:.2f} ms"
               f" p99 {cold_p99:.2f} ms, then p50 {p50:.2f} ms p99 {p99:.2f} ms,"
-              f" recall@10 {recall:.3f}; 1 % filter p50 {fp50:.2f} ms p99 {fp99:.2f} ms,"
-              f" recall@10 {recall_at_10(exact_in['1 %'], f_found):.3f};"
+              f" recall@10 {recall(found, exact):.3f};"
+              f" 1 % filter p50 {fp50:.2f} ms p99 {fp99:.2f} ms,"
+              f" recall@10 {recall(f_found, exact_in['1 %']):.3f};"
               f" 10 % filter p50 {tp50:.2f} ms p99 {tp99:.2f} ms,"
-              f" recall@10 {recall_at_10(exact_in['10 %'], t_found):.3f}")  # fmt: skip
+              f" recall@10 {recall(t_found, exact_in['10 %']):.3f}")  # fmt: skip
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -140,9 +140,7 @@ class _Process:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 log.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.proc.pid)
-                self._kill_group()
-            with contextlib.suppress(ProcessLookupError):  # anything it left behind
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._kill_group()  # it, if it ignored SIGTERM, and anything it left behind
             log.info("stopped %s (pid %d)", self.name, self.proc.pid)
         self._close_log()
 

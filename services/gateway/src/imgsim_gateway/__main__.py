@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,38 +20,37 @@ from imgsim_gateway.app import create_app
 from imgsim_gateway.settings import GatewaySettings
 
 
+def _settings() -> GatewaySettings:
+    settings = GatewaySettings()
+    configure_telemetry("imgsim-gateway", level=settings.log_level, json_logs=settings.json_logs)
+    return settings
+
+
 def worker_app() -> FastAPI:
     """The app of one worker process: uvicorn imports and calls this in each."""
-    settings = GatewaySettings()
-    configure_telemetry("imgsim-gateway", level=settings.log_level, json_logs=settings.json_logs)
-    return create_app(settings)
+    return create_app(_settings())
 
 
-def main() -> None:
-    settings = GatewaySettings()
-    configure_telemetry("imgsim-gateway", level=settings.log_level, json_logs=settings.json_logs)
-    if settings.workers == 1:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=settings.access_log,
-            timeout_graceful_shutdown=10,
-        )
-        return
-    # Before the workers start: each imports prometheus_client with it set.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgsim-metrics-"))
+def _serve(settings: GatewaySettings, app: FastAPI | str, **workers: Any) -> None:
     uvicorn.run(
-        "imgsim_gateway.__main__:worker_app",
-        factory=True,
-        workers=settings.workers,
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=settings.access_log,
         timeout_graceful_shutdown=10,
+        **workers,
     )
+
+
+def main() -> None:
+    settings = _settings()
+    if settings.workers == 1:
+        _serve(settings, create_app(settings))
+        return
+    # Before the workers start: each imports prometheus_client with it set.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgsim-metrics-"))
+    _serve(settings, "imgsim_gateway.__main__:worker_app", factory=True, workers=settings.workers)
 
 
 if __name__ == "__main__":

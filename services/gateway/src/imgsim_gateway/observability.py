@@ -115,6 +115,10 @@ class TraceContext:
             otel_context.detach(token)
 
 
+# The cache counters' family names (without _total), and what each counts.
+_CACHE_COUNTERS = {"imgsim_gateway_cache_hits": "hits", "imgsim_gateway_cache_misses": "misses"}
+
+
 class Registry:
     """Where the gateway's metrics are read: this process's registry, or with several
     worker processes the files they all write (``PROMETHEUS_MULTIPROC_DIR``), added up."""
@@ -136,13 +140,13 @@ class Registry:
         """Hits and misses of each cache (embedding, result) since the gateway started."""
         counts = {cache: {"hits": 0, "misses": 0} for cache in ("embedding", "result")}
         for family in self.read().collect():
-            kind = {"imgsim_gateway_cache_hits": "hits", "imgsim_gateway_cache_misses": "misses"}
-            if family.name not in kind:
+            kind = _CACHE_COUNTERS.get(family.name)
+            if kind is None:
                 continue
             for sample in family.samples:
                 if sample.name.endswith("_total"):
                     cache = counts.setdefault(sample.labels["cache"], {"hits": 0, "misses": 0})
-                    cache[kind[family.name]] += int(sample.value)
+                    cache[kind] += int(sample.value)
         return counts
 
 
