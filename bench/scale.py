@@ -86,7 +86,10 @@ def index_overrides(args: argparse.Namespace) -> dict[str, object]:
     """The index settings a run sets; the rest are the indexer's defaults."""
     chosen = {"search_ef": args.search_ef, "oversampling": args.oversampling,
               "max_segment_size_kb": args.max_segment_kb}  # fmt: skip
-    return {name: value for name, value in chosen.items() if value}
+    overrides: dict[str, object] = {name: value for name, value in chosen.items() if value}
+    if args.in_ram:
+        overrides["on_disk"] = False
+    return overrides
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -525,6 +528,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--search-ef", type=int, default=0, help="0: the indexer's default")
     parser.add_argument("--oversampling", type=float, default=0, help="0: the indexer's default")
     parser.add_argument("--max-segment-kb", type=int, default=0, help="0: the indexer's default")
+    parser.add_argument(
+        "--in-ram", action="store_true", help="INDEXER_QDRANT__INDEX__ON_DISK=false"
+    )
     parser.add_argument("--build-min-points", type=int, default=20_000)
     parser.add_argument("--probe-rate", type=float, default=20.0)
     parser.add_argument("--deadline-s", type=float, default=5.0)

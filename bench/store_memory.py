@@ -178,6 +178,9 @@ async def main() -> None:
         "--max-segment-kb", type=int, help="INDEXER_QDRANT__INDEX__MAX_SEGMENT_SIZE_KB"
     )
     parser.add_argument(
+        "--in-ram", action="store_true", help="INDEXER_QDRANT__INDEX__ON_DISK=false"
+    )
+    parser.add_argument(
         "--keep", type=Path, help="the store's folder, kept; a shard built there is measured again"
     )
     args = parser.parse_args()
@@ -186,6 +189,7 @@ async def main() -> None:
         hnsw_m=args.m,
         hnsw_ef_construct=args.ef_construct,
         max_segment_size_kb=args.max_segment_kb,
+        on_disk=not args.in_ram,
     )
     vectors = ClusteredVectors(DIM, clusters=64, seed=args.seed)
     work = args.keep or Path(tempfile.mkdtemp(prefix="imgsim-store-"))
@@ -207,7 +211,7 @@ async def main() -> None:
         f"points: {n:,} × {DIM} float32 with 2 indexed payload fields, Qdrant Edge, "
         f"m={index.hnsw_m} ef_construct={index.hnsw_ef_construct} "
         f"quantization={index.quantization} "
-        f"max_segment_size_kb={index.max_segment_size_kb}"
+        f"max_segment_size_kb={index.max_segment_size_kb} on_disk={index.on_disk}"
         + (f", the shard built in {work} before" if built else "")
     )
     if not built and args.step:

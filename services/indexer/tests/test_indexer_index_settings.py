@@ -4,16 +4,19 @@ every search's parameters."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from pathlib import Path
 
 import pytest
+import qdrant_edge as qe
 from indexer_samples import DIM, QDRANT_URL, make_point, unit_vector
 from qdrant_client import AsyncQdrantClient, models
 
 from imgsim_core.settings import QdrantSettings, VectorIndexSettings
-from imgsim_indexer.edge_setup import edge_config
+from imgsim_indexer.edge_setup import edge_config, read_in
 from imgsim_indexer.edge_store import EdgeStore
+from imgsim_indexer.server_setup import field_schema
 from imgsim_indexer.server_store import ServerStore
 from imgsim_indexer.settings import IndexerSettings
 
@@ -70,6 +73,58 @@ def test_the_edge_shard_is_configured_with_the_graph_and_optimizer_settings() ->
     assert defaults.hnsw_config.payload_m is None
 
 
+async def test_on_disk_maps_the_vectors_codes_and_payload_indexes(tmp_path: Path) -> None:
+    mapped, in_ram = (
+        edge_config(DIM, INT8),
+        edge_config(DIM, INT8.model_copy(update={"on_disk": False})),
+    )
+    assert mapped.vectors[""].memory == qe.Memory.Cold
+    assert isinstance(mapped.quantization_config, qe.ScalarQuantizationConfig)
+    assert mapped.quantization_config.memory == qe.Memory.Cold
+    assert in_ram.vectors[""].memory == qe.Memory.Cached  # read in when the shard loads
+    assert isinstance(in_ram.quantization_config, qe.ScalarQuantizationConfig)
+    assert in_ram.quantization_config.memory == qe.Memory.Pinned
+    for on_disk, placed in ((True, qe.Memory.Cold), (False, qe.Memory.Pinned)):
+        index = VectorIndexSettings(on_disk=on_disk)
+        settings = QdrantSettings(path=tmp_path / str(on_disk), index=index)
+        store = EdgeStore(settings, DIM, payload_indexes={"tag": "keyword", "n": "integer"})
+        await store.open()
+        schema = store._opened().info().payload_schema
+        params = {path: info.params for path, info in schema.items()}
+        assert {path: p and p.memory for path, p in params.items()} == {
+            "metadata.tag": placed, "metadata.n": placed, "content_sha256": placed
+        }  # fmt: skip
+        await store.close()
+
+
+def test_read_in_reads_every_file_under_a_shard_and_stops_when_told(tmp_path: Path) -> None:
+    (tmp_path / "segments" / "a").mkdir(parents=True)
+    (tmp_path / "segments" / "a" / "vectors").write_bytes(b"v" * 3_000_000)
+    (tmp_path / "wal").write_bytes(b"w" * 10)
+    assert read_in(tmp_path) == 3_000_010
+    assert read_in(tmp_path, stop=lambda: True) == 0
+    assert read_in(tmp_path / "gone") == 0  # a generation a build removed meanwhile
+
+
+async def test_a_mapped_shard_is_read_in_after_it_opens_and_still_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = QdrantSettings(path=tmp_path, collection="images", index=INT8)
+    store = EdgeStore(settings, DIM)
+    await store.open()
+    await store.upsert([make_point(f"img-{i}", i) for i in range(50)])
+    await store.close()
+    reopened = EdgeStore(settings, DIM)
+    with caplog.at_level(logging.INFO, logger="imgsim_indexer.edge_store"):
+        await reopened.open()
+        hits = await reopened.search(unit_vector(7), top_k=1, threshold=None, with_metadata=False)
+        assert reopened._reading is not None
+        await reopened._reading
+    assert [h.image_id for h in hits] == ["img-7"]
+    assert any("read in qdrant-edge shard" in r.getMessage() for r in caplog.records)
+    await reopened.close()
+
+
 async def test_a_server_collection_is_created_with_the_index_settings() -> None:
     client = AsyncQdrantClient(location=":memory:")
     settings = QdrantSettings(url="http://unused", collection="images", index=INT8)
@@ -94,6 +149,24 @@ async def test_a_server_collection_is_created_with_the_index_settings() -> None:
     await client.close()
 
 
+async def test_a_server_collection_maps_its_float32_vectors_with_on_disk() -> None:
+    for on_disk, expected in ((True, True), (False, None)):
+        client = AsyncQdrantClient(location=":memory:")
+        index = VectorIndexSettings(on_disk=on_disk)
+        settings = QdrantSettings(url="http://unused", collection="images", index=index)
+        store = ServerStore(settings, DIM, client=client)
+        await store.open()
+        vectors = (await client.get_collection("images_v1")).config.params.vectors
+        assert isinstance(vectors, models.VectorParams)
+        assert vectors.on_disk is expected
+        await store.close()
+        await client.close()
+    mapped = field_schema("integer", on_disk=True)
+    assert isinstance(mapped, models.IntegerIndexParams)
+    assert (mapped.on_disk, mapped.lookup, mapped.range) == (True, True, True)
+    assert field_schema("keyword", on_disk=False) == models.PayloadSchemaType.KEYWORD
+
+
 @pytest.mark.skipif(QDRANT_URL is None, reason="needs IMGSIM_TEST_QDRANT_URL (a Qdrant server)")
 async def test_a_real_server_builds_the_int8_index_and_rescores_from_the_originals() -> None:
     assert QDRANT_URL is not None
@@ -115,7 +188,7 @@ async def test_a_real_server_builds_the_int8_index_and_rescores_from_the_origina
         quantization = info.config.quantization_config
         assert isinstance(quantization, models.ScalarQuantization)
         assert quantization.scalar.type == models.ScalarType.INT8
-        assert quantization.scalar.always_ram is True
+        assert quantization.scalar.always_ram is False  # on_disk: the codes mapped too
 
         hits = await store.search(unit_vector(42), top_k=3, threshold=None, with_metadata=False)
 

@@ -176,6 +176,14 @@ class VectorIndexSettings(BaseModel):
         description="int8: scalar-quantized vectors in RAM, the float32 originals on disk "
         "(memory-mapped) and read again to rescore each search's candidates.",
     )
+    on_disk: bool = Field(
+        default=True,
+        description="Vectors, int8 codes and payload indexes in memory-mapped files served "
+        "from the page cache, read in on a background thread after each open and build "
+        "(false: read into RAM when the store loads, which holds the GIL for the whole "
+        "load: 2.9 s for a float32 million here, 6.2 s with int8). Applies to what a "
+        "build or a new index writes.",
+    )
     oversampling: float = Field(
         default=2.0, ge=1.0, description="With int8: candidates rescored per result asked for."
     )

@@ -13,9 +13,12 @@ Without builds, every point stays in an unindexed segment and each search is a s
 3. ``python -m imgsim_indexer.edge_child <dir>`` (:mod:`~imgsim_indexer.edge_child`, at
    a lower CPU priority) loads the copy with the same configuration, optimizes, flushes, closes;
 4. the built copy is loaded on the store's thread (the load holds the GIL too: reads
-   wait for it, 0.08 s at 50k points), the journal is replayed into it a chunk at a
-   time between other calls, and the last chunk, a flush, the switch of the shard's link
-   and the swap of the open shard happen in one call, so no write falls between them;
+   wait for it; with ``on_disk`` it maps the files and reads nothing, 0.2 s at 200k int8
+   points against 0.5 s read into RAM), its files are read into the page cache on
+   another thread (:func:`~imgsim_indexer.edge_setup.read_in`) while the old shard
+   serves, the journal is replayed into it a chunk at a time between other calls, and
+   the last chunk, a flush, the switch of the shard's link and the swap of the open
+   shard happen in one call, so no write falls between them;
 5. the old generation is removed.
 
 A build that fails, times out, or whose journal outgrows ``journal_max_points`` is
@@ -212,6 +215,8 @@ class IndexBuilds:
             config = setup.edge_config(host.dim, host.index)
             built = await host.on_shard_thread(setup.load_shard, target, config, host.dim)
             try:
+                if host.index.on_disk:  # mapped: its pages into the cache before it serves
+                    await asyncio.to_thread(setup.read_in, target, lambda: journal.overflowed)
                 # What the build itself left unindexed (not what is written meanwhile).
                 left = await host.on_shard_thread(_unindexed, built)
                 while journal.behind > REPLAY_CHUNK_OPS and not journal.overflowed:

@@ -28,10 +28,11 @@ Synchronous functions, run on the store's executor when it opens:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import qdrant_edge as qe
@@ -53,18 +54,28 @@ SCHEMA_TYPES = {
     "float": qe.PayloadSchemaType.Float,
     "bool": qe.PayloadSchemaType.Bool,
 }
+SCHEMA_PARAMS = {
+    "keyword": qe.KeywordIndexParams,
+    "integer": qe.IntegerIndexParams,
+    "float": qe.FloatIndexParams,
+    "bool": qe.BoolIndexParams,
+}
 
 
 def edge_config(dim: int, index: VectorIndexSettings) -> qe.EdgeConfig:
-    """The shard's configuration: cosine vectors of ``dim``, and the index settings. With
-    int8 quantization the quantized vectors stay in RAM and the originals are
-    memory-mapped from disk (read again to rescore)."""
+    """The shard's configuration: cosine vectors of ``dim``, and the index settings.
+
+    Memory (:func:`memory`): with ``on_disk`` the vectors and int8 codes are memory-mapped
+    and left to the page cache (``Memory.Cold``: a load maps them, reading nothing);
+    otherwise a load reads the vectors in (``Cached``) and copies the int8 codes into RAM
+    (``Pinned``), the originals then only read again to rescore. A segment keeps the
+    placement it was written with until a build rewrites it."""
     int8 = index.int8
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(
             size=dim,
             distance=qe.Distance.Cosine,
-            memory=qe.Memory.Cached if int8 else None,
+            memory=memory(index, qe.Memory.Cached),
         ),
         hnsw_config=qe.HnswIndexConfig(
             m=index.hnsw_m,
@@ -72,7 +83,9 @@ def edge_config(dim: int, index: VectorIndexSettings) -> qe.EdgeConfig:
             full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
         ),
         quantization_config=(
-            qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, memory=qe.Memory.Pinned)
+            qe.ScalarQuantizationConfig(
+                qe.ScalarType.Int8, quantile=0.99, memory=memory(index, qe.Memory.Pinned)
+            )
             if int8
             else None
         ),
@@ -83,6 +96,11 @@ def edge_config(dim: int, index: VectorIndexSettings) -> qe.EdgeConfig:
         ),
         max_search_threads=index.search_threads,
     )
+
+
+def memory(index: VectorIndexSettings, in_ram: qe.Memory) -> qe.Memory:
+    """``Cold`` (mapped, left to the page cache) with ``on_disk``, else ``in_ram``."""
+    return qe.Memory.Cold if index.on_disk else in_ram
 
 
 def search_params(index: VectorIndexSettings) -> qe.SearchParams:
@@ -195,14 +213,40 @@ def remove_shard(root: Path, name: str) -> None:
         shutil.rmtree(path)
 
 
-def ensure_payload_indexes(shard: qe.EdgeShard, indexes: Mapping[str, str]) -> None:
+def ensure_payload_indexes(
+    shard: qe.EdgeShard, indexes: Mapping[str, str], index: VectorIndexSettings
+) -> None:
+    """Create each missing index (or one of another type), placed as ``index.on_disk``
+    says; an index that exists keeps its placement."""
     existing = {name: info.data_type for name, info in shard.info().payload_schema.items()}
     wanted = {metadata_path(key): kind for key, kind in indexes.items()}
+    placement = memory(index, qe.Memory.Pinned)
     for path, kind in {**wanted, CONTENT_SHA256: "keyword"}.items():
-        schema = SCHEMA_TYPES[kind]
-        if existing.get(path) != schema:
-            shard.update(qe.UpdateOperation.create_field_index(path, schema))
-            log.info("created qdrant-edge payload index %s (%s)", path, kind)
+        if existing.get(path) != SCHEMA_TYPES[kind]:
+            params = SCHEMA_PARAMS[kind](memory=placement)
+            shard.update(qe.UpdateOperation.create_field_index(path, params))
+            log.info("created qdrant-edge payload index %s (%s, %s)", path, kind, placement)
+
+
+def read_in(path: Path, stop: Callable[[], bool] = lambda: False) -> int:
+    """Read every file under ``path`` once, so a mapped shard's first searches find its
+    pages in the page cache rather than fault them in one by one with the GIL held
+    (measured at 200k int8: a first pass of 200 searches p99 266 ms without, 9 ms
+    after). File reads release the GIL: run it on a thread while the store serves.
+    Files that go meanwhile (a build replaced the generation) are skipped; ``stop()``
+    ends it early. Returns the bytes read."""
+    buffer = bytearray(1 << 20)
+    done = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if stop():
+                return done
+            with contextlib.suppress(OSError), open(os.path.join(folder, name), "rb") as f:
+                while read := f.readinto(buffer):
+                    done += read
+                    if stop():
+                        return done
+    return done
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -42,6 +42,21 @@ SCHEMA_TYPES = {
 }
 
 
+def field_schema(kind: str, on_disk: bool) -> models.PayloadFieldSchema:
+    """The payload index of ``kind``, memory-mapped with ``on_disk`` (else in RAM)."""
+    if not on_disk:
+        return SCHEMA_TYPES[kind]
+    params: dict[str, models.PayloadFieldSchema] = {
+        "keyword": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, on_disk=True),
+        "integer": models.IntegerIndexParams(
+            type=models.IntegerIndexType.INTEGER, lookup=True, range=True, on_disk=True
+        ),
+        "float": models.FloatIndexParams(type=models.FloatIndexType.FLOAT, on_disk=True),
+        "bool": models.BoolIndexParams(type=models.BoolIndexType.BOOL, on_disk=True),
+    }
+    return params[kind]
+
+
 async def behind_alias(client: AsyncQdrantClient, settings: QdrantSettings, dim: int) -> str:
     alias_name = settings.collection
     for alias in (await client.get_aliases()).aliases:
@@ -74,7 +89,9 @@ async def create(client: AsyncQdrantClient, real: str, settings: QdrantSettings,
         await client.create_collection(
             real,
             vectors_config=models.VectorParams(
-                size=dim, distance=models.Distance.COSINE, on_disk=True if int8 else None
+                size=dim,
+                distance=models.Distance.COSINE,
+                on_disk=True if int8 or index.on_disk else None,
             ),
             shard_number=settings.shards,
             replication_factor=settings.replicas,
@@ -87,7 +104,7 @@ async def create(client: AsyncQdrantClient, real: str, settings: QdrantSettings,
             quantization_config=(
                 models.ScalarQuantization(
                     scalar=models.ScalarQuantizationConfig(
-                        type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                        type=models.ScalarType.INT8, quantile=0.99, always_ram=not index.on_disk
                     )
                 )
                 if int8
@@ -106,14 +123,16 @@ async def check_dim(client: AsyncQdrantClient, real: str, dim: int) -> None:
 
 
 async def ensure_payload_indexes(
-    client: AsyncQdrantClient, real: str, indexes: Mapping[str, str]
+    client: AsyncQdrantClient, real: str, indexes: Mapping[str, str], on_disk: bool
 ) -> None:
+    """Create each missing index (or one of another type); one that exists keeps its
+    placement."""
     existing = (await client.get_collection(real)).payload_schema
     wanted = {metadata_path(key): kind for key, kind in indexes.items()}
     for path, kind in {**wanted, CONTENT_SHA256: "keyword"}.items():
-        schema = SCHEMA_TYPES[kind]
         info = existing.get(path)
-        if info is None or info.data_type != schema:
+        if info is None or info.data_type != SCHEMA_TYPES[kind]:
+            schema = field_schema(kind, on_disk)
             await client.create_payload_index(real, path, field_schema=schema, wait=True)
             log.info("created qdrant payload index %s (%s) on %s", path, kind, real)
 

@@ -97,7 +97,9 @@ class ServerStore:
             else:
                 self.current = await setup.behind_alias(self._client, self.settings, self.dim)
             await setup.check_dim(self._client, self.current, self.dim)
-            await setup.ensure_payload_indexes(self._client, self.current, self.payload_indexes)
+            await setup.ensure_payload_indexes(
+                self._client, self.current, self.payload_indexes, self.settings.index.on_disk
+            )
         log.info("qdrant collection %s → %s", self.collection, self.current)
 
     async def close(self) -> None:
