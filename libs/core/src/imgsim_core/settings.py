@@ -173,8 +173,9 @@ class VectorIndexSettings(BaseModel):
     )
     quantization: Literal["none", "int8"] = Field(
         default="none",
-        description="int8: scalar-quantized vectors in RAM, the float32 originals on disk "
-        "(memory-mapped) and read again to rescore each search's candidates.",
+        description="int8: scalar-quantized vectors searched (in RAM unless on_disk), the "
+        "float32 originals on disk (memory-mapped) and read again to rescore each "
+        "search's candidates.",
     )
     on_disk: bool = Field(
         default=True,

@@ -21,9 +21,14 @@ Synchronous functions, run on the store's executor when it opens:
   generation the link does not name (a build cut short, or one replaced just before a
   crash). A shard is always loaded by its generation's own path, never through the link.
 - :func:`ensure_payload_indexes` runs ``UpdateOperation.create_field_index("metadata.<key>",
-  PayloadSchemaType.…)`` for each configured key (and a keyword index on
+  …IndexParams(memory=…))`` for each configured key (and a keyword index on
   ``content_sha256``, for exact duplicates) whose index is missing from
   ``shard.info().payload_schema`` or has another type (indexes persist in the shard).
+- Memory (``index.on_disk``, :func:`memory`): a shard that loads with its vectors, codes
+  and payload indexes in RAM builds them there with the GIL held (measured at 200k int8,
+  ``py-spy --native``: most of it the keyword and numeric indexes' maps and the codes'
+  copy); mapped (``Memory.Cold``), the load maps files and :func:`read_in` brings their
+  pages into the page cache on another thread.
 """
 
 from __future__ import annotations
