@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from imgsim_core.contracts import (
+    POINT_NAMESPACE,
     ImageEmbedded,
     SearchParams,
     SearchRequested,
@@ -28,6 +29,12 @@ def test_point_id_is_stable_and_distinct() -> None:
     assert point_id("a.jpg") == point_id("a.jpg")
     assert point_id("a.jpg") != point_id("b.jpg")
     assert uuid.UUID(point_id("a.jpg")).version == 5
+
+
+@pytest.mark.parametrize("image_id", ["a.jpg", "img/0", "ü/日本/😀", "x" * 256, "a b\tc"])
+def test_point_id_is_the_uuid5_of_the_image_id(image_id: str) -> None:
+    # Points written before point_id was spelled out must keep their ids.
+    assert point_id(image_id) == str(uuid.uuid5(POINT_NAMESPACE, image_id))
 
 
 def test_image_embedded_json_round_trip() -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from aiokafka import ConsumerRecord
 from indexer_samples import DIM, unit_vector
@@ -50,6 +51,13 @@ def embedded(image_id: str, seed: int = 0, **changes: Any) -> bytes:
     }
     fields.update(changes)
     return ImageEmbedded(**fields).model_dump_json().encode()
+
+
+def _with(value: float) -> npt.NDArray[np.float32]:
+    """A vector of the index's dimension: a unit vector with ``value`` in its first place."""
+    vector = unit_vector(0)
+    vector[0] = value
+    return vector
 
 
 def plan(*records: ConsumerRecord[bytes, bytes]) -> Any:
@@ -112,6 +120,10 @@ def test_tombstone_becomes_a_delete() -> None:
             id="zero",
         ),
         pytest.param(b"a", embedded("a", vector="@@not base64@@"), "bad_vector", id="not-base64"),
+        *(
+            pytest.param(b"a", embedded("a", vector=pack_vector(_with(bad))), "bad_vector", id=name)
+            for name, bad in (("nan", np.nan), ("inf", np.inf), ("minus-inf", -np.inf))
+        ),
     ],
 )
 def test_bad_records_become_dead_letters(key: bytes | None, value: bytes, code: str) -> None:
@@ -129,6 +141,24 @@ def test_bad_records_become_dead_letters(key: bytes | None, value: bytes, code: 
     assert headers[Header.SOURCE_OFFSET] == str(bad.offset).encode()
     assert headers[Header.SOURCE_PARTITION] == b"2"
     assert headers[f"{Header.ORIGINAL_PREFIX}trace"] == b"t1"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(float(np.finfo(np.float32).max), id="largest-float32"),
+        pytest.param(float(np.finfo(np.float32).smallest_subnormal), id="smallest-float32"),
+    ],
+)
+def test_finite_nonzero_vectors_are_kept_whatever_their_scale(value: float) -> None:
+    vector = np.zeros(DIM, np.float32)
+    vector[0] = value  # alone: a square that float32 could not hold
+
+    result = plan(record(b"a", embedded("a", vector=pack_vector(vector))))
+
+    assert not result.dead_letters
+    [point] = result.upserts
+    assert np.array_equal(point.vector, vector)
 
 
 def test_last_operation_per_key_wins() -> None:

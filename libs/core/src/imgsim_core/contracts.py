@@ -8,6 +8,7 @@ numbers.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import uuid
@@ -84,9 +85,21 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 POINT_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
+_POINT_PREFIX = POINT_NAMESPACE.bytes
+
+
 def point_id(image_id: str) -> str:
-    """The vector store's point id of an image: UUIDv5 of the image id."""
-    return str(uuid.uuid5(POINT_NAMESPACE, image_id))
+    """The vector store's point id of an image: UUIDv5 of the image id.
+
+    The same string as ``str(uuid.uuid5(POINT_NAMESPACE, image_id))`` (RFC 4122 §4.3),
+    spelled out because the indexer computes one per point it writes and this costs a
+    third of it (1.2 µs against 3.6).
+    """
+    digest = bytearray(hashlib.sha1(_POINT_PREFIX + image_id.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def encode_base64(data: bytes) -> str:
