@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `make up` and `make test` need on a Debian/Ubuntu machine without Docker:
-# uv (from PyPI), the workspace's Python packages (uv.lock), redis-server, Java 17+, Maven
-# and Chromium for the page's browser tests (apt, when missing), promtool (out of Debian's
-# prometheus package), kustomize where kubectl is missing (Go module proxy), and the
-# Apache Kafka broker jars (Maven Central). Idempotent.
+# uv (from PyPI), the workspace's Python packages (uv.lock), redis-server, Java 17+, Maven,
+# Chromium for the page's browser tests and wrk for `make bench` (apt, when missing),
+# promtool (out of Debian's prometheus package), kustomize where kubectl is missing (Go
+# module proxy), and the Apache Kafka broker jars (Maven Central). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -15,6 +15,7 @@ command -v redis-server >/dev/null || apt_packages+=(redis-server)
 command -v java >/dev/null || apt_packages+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || apt_packages+=(maven)
 command -v chromium >/dev/null || apt_packages+=(chromium)  # the page's browser tests
+command -v wrk >/dev/null || apt_packages+=(wrk)  # make bench: cached search and accept rates
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing ${apt_packages[*]} with apt-get"
   as_root apt-get update -qq
