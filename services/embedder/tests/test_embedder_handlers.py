@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -28,6 +28,7 @@ from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import CONTRACT_VERSION, Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.embedding import embed_query, embed_records
+from imgsim_embedder.preprocessing import PreprocessPool
 
 TOPICS = Topics("t.")
 LIMITS = ImageLimits()
@@ -51,8 +52,8 @@ def record(
 
 
 @pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as p:
+def pool() -> Iterator[PreprocessPool]:
+    with PreprocessPool(2) as p:
         yield p
 
 
@@ -65,7 +66,7 @@ async def fake_batcher() -> AsyncIterator[MicroBatcher]:
 
 
 async def run(
-    records: list[ConsumerRecord[Any, Any]], batcher: MicroBatcher, pool: ThreadPoolExecutor
+    records: list[ConsumerRecord[Any, Any]], batcher: MicroBatcher, pool: PreprocessPool
 ) -> list[OutRecord]:
     return await embed_records(
         records, encoder=batcher.encoder, batcher=batcher, pool=pool, topics=TOPICS, limits=LIMITS
@@ -77,7 +78,7 @@ def headers_of(out: OutRecord) -> dict[str, str]:
 
 
 async def test_a_valid_image_becomes_a_vector(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     [out] = await run(
         [record(7, b"img-1", png(200), b'{"tag":"x"}', partition=3)], fake_batcher, pool
@@ -93,9 +94,7 @@ async def test_a_valid_image_becomes_a_vector(
     assert headers_of(out)[Header.CONTRACT] == CONTRACT_VERSION
 
 
-async def test_a_tombstone_passes_through(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
-) -> None:
+async def test_a_tombstone_passes_through(fake_batcher: MicroBatcher, pool: PreprocessPool) -> None:
     [out] = await run([record(1, b"gone", None)], fake_batcher, pool)
     assert (out.topic, out.key, out.value) == (TOPICS.vectors, b"gone", None)
     assert headers_of(out)[Header.CONTRACT] == CONTRACT_VERSION
@@ -115,7 +114,7 @@ async def test_a_tombstone_passes_through(
 )
 async def test_bad_records_become_dead_letters_with_a_reason(
     fake_batcher: MicroBatcher,
-    pool: ThreadPoolExecutor,
+    pool: PreprocessPool,
     key: bytes | None,
     value: bytes | None,
     metadata: bytes | None,
@@ -130,7 +129,7 @@ async def test_bad_records_become_dead_letters_with_a_reason(
 
 
 async def test_outputs_keep_the_input_order(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     records = [
         record(0, b"a", png(10)),
@@ -153,7 +152,7 @@ async def test_outputs_keep_the_input_order(
 
 
 async def test_a_batch_of_records_goes_to_the_model_a_batch_at_a_time_in_order(
-    pool: ThreadPoolExecutor,
+    pool: PreprocessPool,
 ) -> None:
     """Seven images with a batch of three: passes of three, three and one, and every
     vector in its place; a poisoned image fails its own pass only (whose images are then
@@ -187,7 +186,7 @@ def query(**fields: Any) -> SearchRequested:
 
 
 async def test_an_image_query_gets_its_vector(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     q = query(image=base64.b64encode(png(99)).decode(), threshold=0.5)
     search = await embed_query(
@@ -199,8 +198,28 @@ async def test_an_image_query_gets_its_vector(
     assert base64.b64decode(search.vector)[:4] == b"\x00\x00\xc6\x42"  # 99.0 as <f4
 
 
+async def test_bulk_images_wait_to_be_decoded_until_a_query_is_embedded(
+    fake_batcher: MicroBatcher,
+) -> None:
+    encoder = fake_batcher.encoder
+    assert isinstance(encoder, FakeEncoder)
+    encoder.gate.clear()  # the query's forward pass waits here
+    with PreprocessPool(2, bulk_wait_s=30) as pool:
+        q = query(image=base64.b64encode(png(99)).decode())
+        searching = asyncio.create_task(
+            embed_query(q, encoder=encoder, batcher=fake_batcher, pool=pool, limits=LIMITS)
+        )
+        assert await asyncio.to_thread(encoder.entered.wait, 5)
+        bulk = pool.bulk(encoder, png(5), LIMITS)
+        await asyncio.sleep(0.1)
+        assert not bulk.done()  # the query is in its forward pass
+        encoder.gate.set()
+        assert (await asyncio.wait_for(searching, 5)).vector is not None
+        assert float((await asyncio.wait_for(bulk, 5))[0]) == 5.0
+
+
 async def test_a_text_query_gets_its_text_vector(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     calls = fake_batcher.encoder.calls  # type: ignore[attr-defined]
     before = len(calls)
@@ -219,7 +238,7 @@ async def test_a_text_query_gets_its_text_vector(
 
 
 async def test_every_search_param_is_passed_through(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     q = SearchRequested.model_validate(
         {
@@ -252,7 +271,7 @@ async def test_every_search_param_is_passed_through(
     ],  # an empty text never parses (imgsim_core.contracts.QueryText): a bad_request reply
 )
 async def test_bad_queries_raise_with_a_code(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor, fields: dict[str, str], code: str
+    fake_batcher: MicroBatcher, pool: PreprocessPool, fields: dict[str, str], code: str
 ) -> None:
     with pytest.raises(ImageError) as info:
         await embed_query(
@@ -275,7 +294,7 @@ def two_halves(left: int, right: int) -> bytes:
 
 
 async def test_a_crop_embeds_only_its_region(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     image = base64.b64encode(two_halves(50, 200)).decode()
     whole, right = [
@@ -291,7 +310,7 @@ async def test_a_crop_embeds_only_its_region(
 
 
 async def test_a_crop_outside_the_image_is_refused(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     box = {"x": 20, "y": 0, "w": 20, "h": 5}
     outside = query(image=base64.b64encode(png(1)).decode(), crop=box)
@@ -304,7 +323,7 @@ async def test_a_crop_outside_the_image_is_refused(
 
 
 async def test_examples_are_embedded_in_one_batch_a_kind(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     calls = fake_batcher.encoder.calls  # type: ignore[attr-defined]
     before = len(calls)
@@ -339,7 +358,7 @@ async def test_examples_are_embedded_in_one_batch_a_kind(
     ],
 )
 async def test_bad_example_queries_are_bad_requests(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor, fields: dict[str, Any]
+    fake_batcher: MicroBatcher, pool: PreprocessPool, fields: dict[str, Any]
 ) -> None:
     with pytest.raises(ImageError) as info:
         await embed_query(
@@ -350,7 +369,7 @@ async def test_bad_example_queries_are_bad_requests(
 
 
 async def test_a_vector_carries_the_sha256_of_its_bytes(
-    fake_batcher: MicroBatcher, pool: ThreadPoolExecutor
+    fake_batcher: MicroBatcher, pool: PreprocessPool
 ) -> None:
     data = png(7)
     outs = await run([record(0, b"a", data), record(1, b"b", data)], fake_batcher, pool)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from imgsim_core.topics import Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.embedding import embed_records
 from imgsim_embedder.errors import BatcherClosedError
+from imgsim_embedder.preprocessing import PreprocessPool
 from imgsim_embedder.settings import EmbedderSettings
 
 TOPICS = Topics("t.")
@@ -38,8 +38,8 @@ def record(offset: int, key: bytes, value: bytes | None) -> ConsumerRecord[Any, 
 
 
 @pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as p:
+def pool() -> Iterator[PreprocessPool]:
+    with PreprocessPool(2) as p:
         yield p
 
 
@@ -59,7 +59,7 @@ async def batcher(fake: FakeEncoder) -> AsyncIterator[MicroBatcher]:
 async def run(
     records: list[ConsumerRecord[Any, Any]],
     batcher: MicroBatcher,
-    pool: ThreadPoolExecutor,
+    pool: PreprocessPool,
     retries: int = 3,
 ) -> list[OutRecord]:
     return await embed_records(
@@ -91,7 +91,7 @@ def test_the_retry_settings_have_bounded_defaults() -> None:
 async def test_a_transient_model_failure_is_retried(
     batcher: MicroBatcher,
     fake: FakeEncoder,
-    pool: ThreadPoolExecutor,
+    pool: PreprocessPool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake.failures = 2
@@ -103,7 +103,7 @@ async def test_a_transient_model_failure_is_retried(
 
 
 async def test_a_persistent_failure_dead_letters_the_images_and_moves_on(
-    batcher: MicroBatcher, fake: FakeEncoder, pool: ThreadPoolExecutor
+    batcher: MicroBatcher, fake: FakeEncoder, pool: PreprocessPool
 ) -> None:
     fake.failures = 1000
     dead_before = metric("imgsim_embedder_deadletters_total", reason="model_error")
@@ -122,7 +122,7 @@ async def test_a_persistent_failure_dead_letters_the_images_and_moves_on(
 
 
 async def test_an_image_that_breaks_the_model_does_not_take_the_batch_down(
-    batcher: MicroBatcher, fake: FakeEncoder, pool: ThreadPoolExecutor
+    batcher: MicroBatcher, fake: FakeEncoder, pool: PreprocessPool
 ) -> None:
     fake.poison = {66}
     embedded_before = metric("imgsim_embedder_images_total")
@@ -137,7 +137,7 @@ async def test_an_image_that_breaks_the_model_does_not_take_the_batch_down(
 
 
 async def test_no_retries_means_one_try(
-    batcher: MicroBatcher, fake: FakeEncoder, pool: ThreadPoolExecutor
+    batcher: MicroBatcher, fake: FakeEncoder, pool: PreprocessPool
 ) -> None:
     fake.failures = 1
     [out] = await run([record(0, b"a", png(5))], batcher, pool, retries=0)
@@ -146,7 +146,7 @@ async def test_no_retries_means_one_try(
 
 
 async def test_a_stopping_batcher_fails_the_batch_for_redelivery(
-    fake: FakeEncoder, pool: ThreadPoolExecutor
+    fake: FakeEncoder, pool: PreprocessPool
 ) -> None:
     stopped = MicroBatcher(fake, max_batch=8, max_wait_ms=0)
     with pytest.raises(BatcherClosedError):

@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import CONTRACT_VERSION, Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.embedding import embed_records
+from imgsim_embedder.preprocessing import PreprocessPool
 
 TOPICS = Topics("p.")
 LIMITS = ImageLimits(max_metadata_bytes=256)
@@ -86,8 +86,8 @@ batches = st.lists(st.tuples(keys, values, header_lists), max_size=12)
 
 
 @pytest.fixture(scope="module")
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as p:
+def pool() -> Iterator[PreprocessPool]:
+    with PreprocessPool(2) as p:
         yield p
 
 
@@ -107,9 +107,7 @@ def records_of(
     ]
 
 
-async def embed(
-    records: list[ConsumerRecord[Any, Any]], pool: ThreadPoolExecutor
-) -> list[OutRecord]:
+async def embed(records: list[ConsumerRecord[Any, Any]], pool: PreprocessPool) -> list[OutRecord]:
     batcher = MicroBatcher(FakeEncoder(), max_batch=8, max_wait_ms=0)
     batcher.start()
     try:
@@ -129,7 +127,7 @@ async def embed(
 @given(batch=batches)
 def test_every_record_yields_exactly_one_output_in_order(
     runner: asyncio.Runner,
-    pool: ThreadPoolExecutor,
+    pool: PreprocessPool,
     batch: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
 ) -> None:
     records = records_of(batch)
@@ -166,7 +164,7 @@ def test_every_record_yields_exactly_one_output_in_order(
 @settings(max_examples=50, deadline=None)
 @given(data=st.data())
 def test_valid_records_always_become_vectors(
-    runner: asyncio.Runner, pool: ThreadPoolExecutor, data: st.DataObject
+    runner: asyncio.Runner, pool: PreprocessPool, data: st.DataObject
 ) -> None:
     n = data.draw(st.integers(0, 10))
     reds = data.draw(st.lists(st.sampled_from([0, 17, 128, 255]), min_size=n, max_size=n))

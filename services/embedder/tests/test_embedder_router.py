@@ -11,7 +11,6 @@ import asyncio
 import base64
 import io
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import pytest
@@ -33,6 +32,7 @@ from imgsim_core.kafka import now_ms
 from imgsim_core.topics import Header
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
+from imgsim_embedder.preprocessing import PreprocessPool
 from imgsim_embedder.settings import EmbedderSettings
 
 SETTINGS = EmbedderSettings()
@@ -65,7 +65,7 @@ async def harness() -> AsyncIterator[Harness]:
     batcher.start()
     producer = FakeProducer()
     holder = StateHolder()
-    pool = ThreadPoolExecutor(1)
+    pool = PreprocessPool(1)
     holder.set(EmbedderState(encoder, batcher, pool, cast(AIOKafkaProducer, producer)))
     broker = KafkaBroker()
     broker.include_router(build_router(SETTINGS, holder))

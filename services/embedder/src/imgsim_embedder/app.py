@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from faststream import FastStream
@@ -28,6 +27,7 @@ from imgsim_core.tracing import kafka_middlewares
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
 from imgsim_embedder.model import load_encoder
+from imgsim_embedder.preprocessing import PreprocessPool
 from imgsim_embedder.settings import EmbedderSettings
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ async def open_state(
     async with AsyncExitStack() as stack:
         async with asyncio.timeout(KAFKA_TIMEOUT_S):
             await ensure_topics(settings.kafka)
-        pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="imgsim-prep")
-        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        pool = PreprocessPool(settings.preprocess_threads)
+        stack.callback(pool.shutdown)
         encoder = await asyncio.to_thread(load_encoder, settings.model)
         batcher = MicroBatcher(
             encoder,

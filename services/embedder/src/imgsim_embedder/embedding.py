@@ -9,10 +9,11 @@
 - :func:`embed_query`: a :class:`SearchRequested` → the :class:`VectorSearchRequested`
   the indexer answers (images and texts embedded as urgent work; ids pass through).
 
-Images are decoded and preprocessed in the preprocessing pool (:func:`prepare`), never
-on the event loop or the inference thread; a batch of records goes to the model in
-batches of the batcher's size, each as soon as its images are prepared, so the model runs
-while the pool prepares the next.
+Images are decoded and preprocessed in the preprocessing pool
+(:class:`~imgsim_embedder.preprocessing.PreprocessPool`), never on the event loop or the
+inference thread, a query's on threads of its own and ahead of bulk images; a batch of
+records goes to the model in batches of the batcher's size, each as soon as its images
+are prepared, so the model runs while the pool prepares the next.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
@@ -43,7 +43,7 @@ from imgsim_core.contracts import (
     pack_vector,
 )
 from imgsim_core.errors import ErrorCode
-from imgsim_core.images import Box, ImageError, decode_rgb
+from imgsim_core.images import Box, ImageError
 from imgsim_core.kafka import (
     EventError,
     OutRecord,
@@ -59,6 +59,7 @@ from imgsim_core.topics import Header, Topics
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.errors import InferenceError
 from imgsim_embedder.model import ImageEncoder
+from imgsim_embedder.preprocessing import PreprocessPool
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +80,12 @@ class _Valid:
     future: asyncio.Future[torch.Tensor]
 
 
-def prepare(
-    encoder: ImageEncoder, data: bytes, limits: ImageLimits, crop: Box | None = None
-) -> torch.Tensor:
-    """Decode (and crop) and preprocess one image; runs in the preprocessing pool."""
-    return encoder.preprocess(decode_rgb(data, limits, crop=crop))
-
-
 async def embed_records(
     records: Sequence[Record],
     *,
     encoder: ImageEncoder,
     batcher: MicroBatcher,
-    pool: ThreadPoolExecutor,
+    pool: PreprocessPool,
     topics: Topics,
     limits: ImageLimits,
     model_retries: int = 3,
@@ -102,7 +96,6 @@ async def embed_records(
 
     Raises only when the batch must be redelivered (the batcher is stopping, cancelled).
     """
-    loop = asyncio.get_running_loop()
     out: list[OutRecord | None] = [None] * len(records)
 
     def dead_letter(i: int, code: str, message: str) -> None:
@@ -125,7 +118,7 @@ async def embed_records(
         except EventError as exc:
             dead_letter(i, exc.code, exc.message)
             continue
-        future = loop.run_in_executor(pool, prepare, encoder, record.value, limits)
+        future = pool.bulk(encoder, record.value, limits)
         valid.append(_Valid(i, image_id, metadata, future))
 
     # The model gets the images a batch at a time, each as soon as its own images are
@@ -241,19 +234,16 @@ async def _embed_examples(
     *,
     encoder: ImageEncoder,
     batcher: MicroBatcher,
-    pool: ThreadPoolExecutor,
+    pool: PreprocessPool,
     limits: ImageLimits,
 ) -> list[Example]:
     """The examples with each image and text replaced by its vector (ids pass through):
     the texts in one batch, the images in another."""
-    loop = asyncio.get_running_loop()
     texts = [e.text for e in examples if e.text is not None]
-    images = [
-        loop.run_in_executor(pool, prepare, encoder, _image_bytes(e.image), limits, _box(e.crop))
-        for e in examples
-        if e.image is not None
-    ]
-    tensors = [await future for future in images]
+    images = [(_image_bytes(e.image), _box(e.crop)) for e in examples if e.image is not None]
+    tensors = list(
+        await asyncio.gather(*(pool.query_image(encoder, d, limits, c) for d, c in images))
+    )
     text_vectors: Iterator[Vector] = iter(await batcher.embed_text(texts) if texts else [])
     image_vectors: Iterator[Vector] = iter(
         await batcher.embed_images(tensors, urgent=True) if tensors else []
@@ -273,10 +263,23 @@ async def embed_query(
     *,
     encoder: ImageEncoder,
     batcher: MicroBatcher,
-    pool: ThreadPoolExecutor,
+    pool: PreprocessPool,
     limits: ImageLimits,
 ) -> VectorSearchRequested:
-    """The query's vector search; raises ImageError (with a code) on bad input."""
+    """The query's vector search; raises ImageError (with a code) on bad input. Bulk
+    images wait to be decoded while it runs (:meth:`PreprocessPool.query`)."""
+    with pool.query():
+        return await _embed_query(query, encoder=encoder, batcher=batcher, pool=pool, limits=limits)
+
+
+async def _embed_query(
+    query: SearchRequested,
+    *,
+    encoder: ImageEncoder,
+    batcher: MicroBatcher,
+    pool: PreprocessPool,
+    limits: ImageLimits,
+) -> VectorSearchRequested:
     params = query.model_dump(include=set(SearchParams.model_fields))
     if query.positive or query.negative:
         if query.image is not None or query.text is not None or not query.positive:
@@ -301,8 +304,7 @@ async def embed_query(
         vectors = await batcher.embed_text([query.text])
     else:
         data = _image_bytes(query.image or "")
-        loop = asyncio.get_running_loop()
-        tensor = await loop.run_in_executor(pool, prepare, encoder, data, limits, _box(query.crop))
+        tensor = await pool.query_image(encoder, data, limits, _box(query.crop))
         vectors = await batcher.embed_images([tensor], urgent=True)
     return VectorSearchRequested(
         **params,

@@ -36,7 +36,6 @@ app has started them.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -63,6 +62,7 @@ from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.embedding import embed_query, embed_records
 from imgsim_embedder.errors import EmbedderError
 from imgsim_embedder.model import ImageEncoder
+from imgsim_embedder.preprocessing import PreprocessPool
 from imgsim_embedder.settings import EmbedderSettings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class EmbedderState:
 
     encoder: ImageEncoder
     batcher: MicroBatcher
-    pool: ThreadPoolExecutor
+    pool: PreprocessPool
     producer: AIOKafkaProducer
 
 

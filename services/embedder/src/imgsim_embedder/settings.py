@@ -41,7 +41,12 @@ class EmbedderSettings(BaseSettings):
         description="How long a query batch may wait for more queries; 0 = run as soon as "
         "the model is free (queries that arrive during a pass form the next batch).",
     )
-    preprocess_threads: int = Field(default=2, ge=1, description="Decode + transform pool.")
+    preprocess_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Decode + transform threads for bulk images, and as many for query "
+        "images (bulk images wait to start while a query is in flight).",
+    )
     serve_queries: bool = Field(
         default=True,
         description="Embed search queries too. An embedder of a new model that re-embeds the "
