@@ -113,8 +113,10 @@ async def test_one_search_is_one_trace(traced: TracedStack) -> None:
             ("imgsim-gateway", "/api/v1/search"),
             ("imgsim-gateway", f"{p}queries request"),
             ("imgsim-embedder", f"{p}queries process"),
+            ("imgsim-embedder", "preprocess image"),
             ("imgsim-embedder", "forward pass"),
             ("imgsim-indexer", f"{p}searches process"),
+            ("imgsim-indexer", "store search"),
         },
     )
     # Redis (the caches) is traced inside the same request.

@@ -56,6 +56,7 @@ from imgsim_core.kafka import (
 from imgsim_core.settings import ImageLimits
 from imgsim_core.tasks import cancel_and_wait
 from imgsim_core.topics import Header, Topics
+from imgsim_core.tracing import batch_step
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.errors import InferenceError
 from imgsim_embedder.model import ImageEncoder
@@ -304,7 +305,8 @@ async def _embed_query(
         vectors = await batcher.embed_text([query.text])
     else:
         data = _image_bytes(query.image or "")
-        tensor = await pool.query_image(encoder, data, limits, _box(query.crop))
+        with batch_step("preprocess image"):
+            tensor = await pool.query_image(encoder, data, limits, _box(query.crop))
         vectors = await batcher.embed_images([tensor], urgent=True)
     return VectorSearchRequested(
         **params,

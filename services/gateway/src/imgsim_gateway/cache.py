@@ -96,24 +96,6 @@ class SearchCache:
         self._count("result", fresh)
         return ResultLookup(_HITS.validate_json(hits) if fresh else None, generation)
 
-    async def put_result(
-        self,
-        subject: bytes | None,
-        like_id: str | None,
-        params: dict[str, Any],
-        hits: list[SearchHit],
-        generation: int | None,
-    ) -> None:
-        """Store ``hits`` as of ``generation``: the one read before the search was asked."""
-        if generation is None or self.result_ttl_s <= 0:
-            return
-        key = self._result_key(subject, like_id, params)
-        value = b"%d:%s" % (generation, _HITS.dump_json(hits))
-        try:
-            await self.redis.set(key, value, ex=self.result_ttl_s)
-        except (RedisError, OSError) as exc:
-            self._unavailable(exc)
-
     def _embedding_key(self, subject: bytes, model_id: str) -> str:
         return f"{self.prefix}embedding:{self._digest(model_id.encode(), subject)}"
 
@@ -130,13 +112,29 @@ class SearchCache:
             return None
         return raw.decode("ascii") if isinstance(raw, bytes) else str(raw)
 
-    async def put_embedding(self, subject: bytes | None, model_id: str, vector: str) -> None:
-        if subject is None or self.embedding_ttl_s <= 0:
+    async def put(
+        self,
+        subject: bytes | None,
+        like_id: str | None,
+        params: dict[str, Any],
+        hits: list[SearchHit],
+        generation: int | None,
+        embedding: tuple[str, str] | None = None,
+    ) -> None:
+        """Store ``hits`` as of ``generation`` (the one read before the search was asked)
+        and the query's ``embedding`` (model id, packed vector) in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        if generation is not None and self.result_ttl_s > 0:
+            value = b"%d:%s" % (generation, _HITS.dump_json(hits))
+            pipe.set(self._result_key(subject, like_id, params), value, ex=self.result_ttl_s)
+        if embedding is not None and subject is not None and self.embedding_ttl_s > 0:
+            model_id, vector = embedding
+            key = self._embedding_key(subject, model_id)
+            pipe.set(key, vector, ex=self.embedding_ttl_s)
+        if not len(pipe):
             return
         try:
-            await self.redis.set(
-                self._embedding_key(subject, model_id), vector, ex=self.embedding_ttl_s
-            )
+            await pipe.execute()
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
 

@@ -134,9 +134,10 @@ class Searches:
         answer = await self._indexer.ask(topic, request, timeout, SearchReplied)
         if answer.error is not None:
             raise reply_error(answer.error, answer.error_code, "search_failed")
+        embedding = None  # the embedder's, echoed by the indexer: cached with the result
         if vector is None and answer.query_vector and answer.model_id:
-            await self.cache.put_embedding(subject, answer.model_id, answer.query_vector)
-        await self.cache.put_result(
-            subject, query.like_image_id, params, answer.hits, cached.generation
+            embedding = (answer.model_id, answer.query_vector)
+        await self.cache.put(
+            subject, query.like_image_id, params, answer.hits, cached.generation, embedding
         )
         return answer.hits, False

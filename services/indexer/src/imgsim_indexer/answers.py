@@ -24,6 +24,7 @@ from imgsim_core.contracts import (
     pack_vector,
 )
 from imgsim_core.errors import ErrorCode
+from imgsim_core.tracing import batch_step
 from imgsim_indexer.duplicates import find_duplicates
 from imgsim_indexer.errors import RequestError, StoreError
 from imgsim_indexer.payload import Hit
@@ -70,15 +71,16 @@ async def search(
         )
     try:
         vector, exclude = await query_vector(request, store, dim)
-        hits = await store.search(
-            vector,
-            top_k=request.top_k,
-            threshold=request.threshold,
-            with_metadata=request.include_metadata,
-            filter=request.filter,
-            exclude=exclude,
-            with_vectors=request.include_vectors,
-        )
+        with batch_step("store search"):
+            hits = await store.search(
+                vector,
+                top_k=request.top_k,
+                threshold=request.threshold,
+                with_metadata=request.include_metadata,
+                filter=request.filter,
+                exclude=exclude,
+                with_vectors=request.include_vectors,
+            )
     except (RequestError, StoreError) as exc:
         error, code = _failed(exc, SEARCHES, "search")
         return SearchReplied(error=error, error_code=code)
