@@ -10,11 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from imgsim_core.errors import CLIENT_FAULTS, IMAGE_FAULTS, ErrorCode
+from imgsim_gateway import image_routes, routes, search_routes
+from imgsim_gateway.api import JSONRoute
 from imgsim_gateway.app import BodyGuard, create_app
 from imgsim_gateway.checks import decode_base64
 from imgsim_gateway.errors import BadRequestError
@@ -161,3 +165,71 @@ def test_a_reply_error_is_a_4xx_exactly_when_it_is_the_clients_fault(code: Error
 def test_a_reply_error_without_a_code_is_the_systems() -> None:
     error = reply_error("failed", None, "search_failed")
     assert (error.status_code, error.code) == (503, "search_failed")
+
+
+class _Echoed(BaseModel):
+    text: str
+    number: float = 0
+
+
+def _echo_app(route_class: type[APIRoute]) -> FastAPI:
+    router = APIRouter(route_class=route_class)
+
+    @router.post("/echo")
+    async def echo(body: _Echoed) -> dict[str, Any]:
+        return {
+            "text": [ord(c) for c in body.text[:8]],
+            "chars": len(body.text),
+            "number": str(body.number),
+        }
+
+    app = FastAPI()
+    app.include_router(router)
+    return app
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"text": "' + b"QUJD" * 40_000 + b'", "number": 2}', id="large"),
+        pytest.param('{"text": "é\\u00e9", "number": 1e400}'.encode(), id="escapes-and-inf"),
+        pytest.param('{"text": "a"}'.encode("utf-16"), id="utf-16"),
+        pytest.param(b'\xef\xbb\xbf{"text": "bom"}', id="utf-8-bom"),
+        pytest.param(b'{"text": "\\ud800"}', id="lone-surrogate"),
+        pytest.param(b'{"text": "a", "text": "b"}', id="duplicate-keys"),
+        pytest.param(b'{"text": ', id="truncated"),
+        pytest.param(b"[1, 2]", id="not-an-object"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+async def test_json_route_answers_every_body_as_the_standard_route_does(body: bytes) -> None:
+    answers = []
+    for route_class in (JSONRoute, APIRoute):
+        transport = httpx.ASGITransport(app=_echo_app(route_class))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            response = await c.post(
+                "/echo", content=body, headers={"content-type": "application/json"}
+            )
+        answers.append((response.status_code, response.content))
+    assert answers[0] == answers[1]
+
+
+async def test_json_route_parses_a_valid_body_without_the_standard_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("json.loads was called for a valid body")
+
+    monkeypatch.setattr(json, "loads", refuse)
+    transport = httpx.ASGITransport(app=_echo_app(JSONRoute))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        response = await c.post("/echo", json={"text": "abc", "number": 3})
+    assert response.status_code == 200
+    assert response.content == b'{"text":[97,98,99],"chars":3,"number":"3.0"}'
+
+
+def test_every_api_route_parses_json_bodies_with_pydantic_core() -> None:
+    routers = (routes.open_router, routes.router, image_routes.router, search_routes.router)
+    api = [r for router in routers for r in router.routes]
+    assert len(api) > 10
+    assert all(isinstance(r, JSONRoute) for r in api), [type(r).__name__ for r in api]

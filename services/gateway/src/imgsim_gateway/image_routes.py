@@ -22,6 +22,7 @@ from imgsim_gateway.api import (
     CheckDuplicates,
     ImageIdPath,
     IndexerDep,
+    JSONRoute,
     Wait,
     WritesDep,
     failures,
@@ -47,7 +48,7 @@ from imgsim_gateway.writes import Writes
 
 log = logging.getLogger(__name__)
 _METADATA: TypeAdapter[dict[str, JsonValue]] = TypeAdapter(FiniteMetadata)
-router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED)
+router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED, route_class=JSONRoute)
 
 
 async def _index(writes: Writes, indexer: IndexerClient, image_id: str, data: bytes,

@@ -27,6 +27,7 @@ from imgsim_gateway.api import (
     API_PREFIX,
     PROTECTED,
     IndexerDep,
+    JSONRoute,
     WritesDep,
     failures,
 )
@@ -42,8 +43,8 @@ from imgsim_gateway.schemas import (
 
 log = logging.getLogger(__name__)
 
-open_router = APIRouter(prefix=API_PREFIX, tags=["health"])
-router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED)
+open_router = APIRouter(prefix=API_PREFIX, tags=["health"], route_class=JSONRoute)
+router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED, route_class=JSONRoute)
 
 
 def include_api(app: FastAPI) -> None:

@@ -17,6 +17,7 @@ from imgsim_gateway.api import (
     API_PREFIX,
     PROTECTED,
     IndexerDep,
+    JSONRoute,
     SearchesDep,
     failures,
     floats,
@@ -38,7 +39,7 @@ from imgsim_gateway.schemas import (
 from imgsim_gateway.searching import Query as SearchQuery
 from imgsim_gateway.searching import Searches
 
-router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED)
+router = APIRouter(prefix=API_PREFIX, dependencies=PROTECTED, route_class=JSONRoute)
 
 
 async def _search(searches: Searches, query: SearchQuery, options: SearchParams) -> Response:
