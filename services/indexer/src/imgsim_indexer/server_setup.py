@@ -42,19 +42,20 @@ SCHEMA_TYPES = {
 }
 
 
+# The same indexes memory-mapped (``on_disk``), as the server spells them.
+ON_DISK_SCHEMAS: dict[str, models.PayloadFieldSchema] = {
+    "keyword": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, on_disk=True),
+    "integer": models.IntegerIndexParams(
+        type=models.IntegerIndexType.INTEGER, lookup=True, range=True, on_disk=True
+    ),
+    "float": models.FloatIndexParams(type=models.FloatIndexType.FLOAT, on_disk=True),
+    "bool": models.BoolIndexParams(type=models.BoolIndexType.BOOL, on_disk=True),
+}
+
+
 def field_schema(kind: str, on_disk: bool) -> models.PayloadFieldSchema:
     """The payload index of ``kind``, memory-mapped with ``on_disk`` (else in RAM)."""
-    if not on_disk:
-        return SCHEMA_TYPES[kind]
-    params: dict[str, models.PayloadFieldSchema] = {
-        "keyword": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, on_disk=True),
-        "integer": models.IntegerIndexParams(
-            type=models.IntegerIndexType.INTEGER, lookup=True, range=True, on_disk=True
-        ),
-        "float": models.FloatIndexParams(type=models.FloatIndexType.FLOAT, on_disk=True),
-        "bool": models.BoolIndexParams(type=models.BoolIndexType.BOOL, on_disk=True),
-    }
-    return params[kind]
+    return ON_DISK_SCHEMAS[kind] if on_disk else SCHEMA_TYPES[kind]
 
 
 async def behind_alias(client: AsyncQdrantClient, settings: QdrantSettings, dim: int) -> str:
