@@ -3,7 +3,9 @@ identity, and how the indexer client turns answers (or none) into HTTP errors.""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 from typing import Any, cast
 
 import pytest
@@ -13,7 +15,7 @@ from PIL import Image
 from imgsim_core.contracts import Crop, Example, ImageRecord, ReindexStatus
 from imgsim_core.kafka import Outage
 from imgsim_core.requestreply import Requester, RequestTimeoutError
-from imgsim_core.settings import ImageLimits
+from imgsim_core.settings import ImageLimits, KafkaSettings
 from imgsim_gateway.checks import ImageChecks
 from imgsim_gateway.errors import (
     BadRequestError,
@@ -23,6 +25,7 @@ from imgsim_gateway.errors import (
     UpstreamTimeoutError,
 )
 from imgsim_gateway.indexer import IndexerClient
+from imgsim_gateway.kafkastats import Figures, KafkaStats
 from imgsim_gateway.searching import Query
 from imgsim_gateway.settings import GatewaySettings
 
@@ -131,3 +134,27 @@ async def test_a_bad_reindex_request_is_the_clients_fault() -> None:
     status = ReindexStatus(state="failed", collection="images", error="bad_request: no")
     with pytest.raises(BadRequestError):
         await client(status.model_dump_json().encode()).reindex("start")
+
+
+async def test_a_stats_read_that_hangs_fails_and_the_next_caller_reads_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stats = KafkaStats(KafkaSettings(send_timeout_s=0.2), {})
+    reads = 0
+
+    async def read() -> Figures:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            await asyncio.sleep(30)  # a broker that does not answer
+        return Figures(lag={}, dead_letters=0, rates=(0.0, 0.0), at=time.monotonic())
+
+    monkeypatch.setattr(stats, "_read", read)
+    try:
+        with pytest.raises(TimeoutError):
+            await stats.read()
+        figures = await stats.read()
+        assert reads == 2
+        assert await stats.read() is figures  # and that one is shared
+    finally:
+        await stats.stop()  # its clients were never started

@@ -59,9 +59,7 @@ async def stats(request: Request, indexer: IndexerDep) -> Stats:
     kafka: KafkaStats = request.app.state.kafka_stats
     try:
         async with asyncio.timeout(indexer.settings.kafka.send_timeout_s):
-            lag, dead_letters, (rate_in, rate_out) = await asyncio.gather(
-                kafka.lag(), kafka.dead_letters(), kafka.rates()
-            )
+            figures = await kafka.read()
     except (TimeoutError, KafkaError) as exc:
         raise UpstreamError("Kafka does not answer; retry later") from exc
     return Stats(
@@ -69,10 +67,10 @@ async def stats(request: Request, indexer: IndexerDep) -> Stats:
         collection=status.collection,
         store=status.store,
         model_id=status.model_id,
-        consumer_lag={t: TopicLag(group=g, lag=n) for t, (g, n) in lag.items()},
-        images_in_per_s=round(rate_in, 2),
-        images_out_per_s=round(rate_out, 2),
-        dead_letters=dead_letters,
+        consumer_lag={t: TopicLag(group=g, lag=n) for t, (g, n) in figures.lag.items()},
+        images_in_per_s=round(figures.rates[0], 2),
+        images_out_per_s=round(figures.rates[1], 2),
+        dead_letters=figures.dead_letters,
         searches_in_flight=indexer.in_flight,
         uptime_s=round(time.monotonic() - request.app.state.started, 1),
         cache=request.app.state.registry.cache_counts(),
