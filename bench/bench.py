@@ -243,11 +243,21 @@ async def indexed(client: httpx.AsyncClient) -> int:
 
 
 async def wait_indexed(client: httpx.AsyncClient, count: int, timeout_s: float = 600) -> None:
+    """Until ``count`` images are indexed. /stats asks the indexer over Kafka and costs
+    the stack ~10 ms of CPU: polled every 0.1 s it took ~5 % of the two cores from the
+    end-to-end rate it measures. It is asked at a quarter of the time left at the rate
+    seen (at most every 0.5 s, at least every 0.05 s), so the end is still seen within
+    ~50 ms."""
     deadline = time.monotonic() + timeout_s
-    while await indexed(client) < count:
-        if time.monotonic() > deadline:
+    seen: tuple[int, float] | None = None
+    while (done := await indexed(client)) < count:
+        now = time.monotonic()
+        if now > deadline:
             raise TimeoutError(f"fewer than {count} images indexed after {timeout_s} s")
-        await asyncio.sleep(0.1)
+        rate = (done - seen[0]) / (now - seen[1]) if seen is not None else 0.0
+        if seen is None or done > seen[0]:
+            seen = (done, now)
+        await asyncio.sleep(0.1 if rate <= 0 else min(0.5, max(0.05, (count - done) / rate / 4)))
 
 
 class Images:
