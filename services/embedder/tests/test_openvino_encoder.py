@@ -146,3 +146,24 @@ def test_runtime_picks_the_encoder(encoder: OpenVinoEncoder, cache: Path) -> Non
     assert isinstance(load_encoder(cpu.model_copy(update={"runtime": "auto"})), OpenVinoEncoder)
     with pytest.raises(ModelLoadError, match="RUNTIME=torch"):
         load_encoder(cpu.model_copy(update={"device": "cuda", "runtime": "openvino"}))
+
+
+def test_stepwise_vectors_are_their_own_while_other_passes_run(
+    encoder: OpenVinoEncoder, images: torch.Tensor
+) -> None:
+    """The steps hand activations on without copies: a pass's vectors must not change when
+    the next stepwise pass runs, nor a pass's steps when a query runs between them."""
+    first, _ = stepwise(encoder, images[:3])
+    kept = first.copy()
+    steps = encoder.encode_images_in_steps(images[3:])
+    next(steps)
+    query = encoder.encode_images(images[:1])  # a query between two steps of a bulk pass
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            second = done.value
+            break
+    np.testing.assert_array_equal(first, kept)
+    assert (second * encoder.encode_images(images[3:])).sum(axis=1).min() >= 0.9999
+    assert (query * kept[:1]).sum() >= 0.9999
