@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,6 +41,20 @@ async def _commit(settings: KafkaSettings, group: str, topic: str, offset: int) 
         await consumer.stop()
 
 
+@asynccontextmanager
+async def started(
+    settings: KafkaSettings, groups: dict[str, str], **options: float
+) -> AsyncIterator[KafkaStats]:
+    """The topics made, and a started KafkaStats of them."""
+    await ensure_topics(settings)
+    stats = KafkaStats(settings, groups, **options)
+    await stats.start()
+    try:
+        yield stats
+    finally:
+        await stats.stop()
+
+
 async def test_one_read_gives_lag_dead_letters_and_rates(
     infra: Services, topic_prefix: str
 ) -> None:
@@ -46,15 +62,10 @@ async def test_one_read_gives_lag_dead_letters_and_rates(
         bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix, partitions=2
     )
     topics = settings.topics
-    await ensure_topics(settings)
-    await _produce(settings, {topics.images: 7, topics.vectors: 4, topics.deadletter: 3})
-    await _commit(settings, f"{topic_prefix}embedder", topics.images, 5)
-    stats = KafkaStats(
-        settings,
-        {topics.images: f"{topic_prefix}embedder", topics.vectors: f"{topic_prefix}indexer"},
-    )
-    await stats.start()
-    try:
+    groups = {topics.images: f"{topic_prefix}embedder", topics.vectors: f"{topic_prefix}indexer"}
+    async with started(settings, groups) as stats:
+        await _produce(settings, {topics.images: 7, topics.vectors: 4, topics.deadletter: 3})
+        await _commit(settings, f"{topic_prefix}embedder", topics.images, 5)
         first = await stats.read()
         assert first.lag == {
             topics.images: (f"{topic_prefix}embedder", 2),  # 7 written, 5 committed
@@ -69,8 +80,6 @@ async def test_one_read_gives_lag_dead_letters_and_rates(
         elapsed = later.at - first.at
         assert later.lag[topics.images][1] == 8
         assert later.rates == pytest.approx((6 / elapsed, 0.0))
-    finally:
-        await stats.stop()
 
 
 async def test_callers_share_a_read_until_it_is_max_age_old(
@@ -78,10 +87,7 @@ async def test_callers_share_a_read_until_it_is_max_age_old(
 ) -> None:
     settings = KafkaSettings(bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix)
     topics = settings.topics
-    await ensure_topics(settings)
-    stats = KafkaStats(settings, {topics.images: f"{topic_prefix}g"}, max_age_s=0.5)
-    await stats.start()
-    try:
+    async with started(settings, {topics.images: f"{topic_prefix}g"}, max_age_s=60) as stats:
         together = await asyncio.gather(*(stats.read() for _ in range(10)))
         assert stats.reads == 1
         assert all(f is together[0] for f in together)
@@ -90,24 +96,20 @@ async def test_callers_share_a_read_until_it_is_max_age_old(
 
         await _produce(settings, {topics.images: 2})
         assert (await stats.read()).lag[topics.images][1] == 0  # still the shared read
-        await asyncio.sleep(0.6)
+        stats.max_age_s = 0.2
+        await asyncio.sleep(0.3)
         assert (await stats.read()).lag[topics.images][1] == 2
         assert stats.reads == 2
 
         await stats.read(fresh=True)
         assert stats.reads == 3
-    finally:
-        await stats.stop()
 
 
 async def test_a_caller_that_gives_up_does_not_cancel_the_shared_read(
     infra: Services, topic_prefix: str
 ) -> None:
     settings = KafkaSettings(bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix)
-    await ensure_topics(settings)
-    stats = KafkaStats(settings, {settings.topics.images: f"{topic_prefix}g"})
-    await stats.start()
-    try:
+    async with started(settings, {settings.topics.images: f"{topic_prefix}g"}) as stats:
         impatient = asyncio.create_task(stats.read())
         patient = asyncio.create_task(stats.read())
         await asyncio.sleep(0)
@@ -115,5 +117,3 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_shared_read(
         figures = await patient
         assert figures.dead_letters == 0
         assert stats.reads == 1
-    finally:
-        await stats.stop()
