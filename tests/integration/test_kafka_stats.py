@@ -42,12 +42,10 @@ async def _commit(settings: KafkaSettings, group: str, topic: str, offset: int) 
 
 
 @asynccontextmanager
-async def started(
-    settings: KafkaSettings, groups: dict[str, str], **options: float
-) -> AsyncIterator[KafkaStats]:
+async def started(settings: KafkaSettings, groups: dict[str, str]) -> AsyncIterator[KafkaStats]:
     """The topics made, and a started KafkaStats of them."""
     await ensure_topics(settings)
-    stats = KafkaStats(settings, groups, **options)
+    stats = KafkaStats(settings, groups)
     await stats.start()
     try:
         yield stats
@@ -76,33 +74,26 @@ async def test_one_read_gives_lag_dead_letters_and_rates(
 
         await _produce(settings, {topics.images: 6})
         await asyncio.sleep(1.2)
-        later = await stats.read(fresh=True)
+        later = await stats.read()
         elapsed = later.at - first.at
         assert later.lag[topics.images][1] == 8
         assert later.rates == pytest.approx((6 / elapsed, 0.0))
 
 
-async def test_callers_share_a_read_until_it_is_max_age_old(
+async def test_callers_share_the_read_in_flight_and_a_later_caller_reads_again(
     infra: Services, topic_prefix: str
 ) -> None:
     settings = KafkaSettings(bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix)
     topics = settings.topics
-    async with started(settings, {topics.images: f"{topic_prefix}g"}, max_age_s=60) as stats:
+    async with started(settings, {topics.images: f"{topic_prefix}g"}) as stats:
         together = await asyncio.gather(*(stats.read() for _ in range(10)))
         assert stats.reads == 1
         assert all(f is together[0] for f in together)
-        assert await stats.read() is together[0]
-        assert stats.reads == 1
+        assert together[0].lag[topics.images][1] == 0
 
         await _produce(settings, {topics.images: 2})
-        assert (await stats.read()).lag[topics.images][1] == 0  # still the shared read
-        stats.max_age_s = 0.2
-        await asyncio.sleep(0.3)
-        assert (await stats.read()).lag[topics.images][1] == 2
+        assert (await stats.read()).lag[topics.images][1] == 2  # asked after the write
         assert stats.reads == 2
-
-        await stats.read(fresh=True)
-        assert stats.reads == 3
 
 
 async def test_a_caller_that_gives_up_does_not_cancel_the_shared_read(

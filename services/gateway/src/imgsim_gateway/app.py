@@ -284,7 +284,7 @@ async def _sample_rates(stats: KafkaStats, every_s: float = 10.0) -> None:
     """Sample topic end offsets so /stats can report recent rates."""
     while True:
         try:
-            await stats.read(fresh=True)
+            await stats.read()
         except Exception:  # a stats sample must never kill the gateway
             log.debug("sampling topic offsets failed", exc_info=True)
         await asyncio.sleep(every_s)

@@ -12,9 +12,10 @@ Decisions:
   figure separately, a ``/stats`` had cost ~14 requests and 20–27 ms of CPU across the
   gateway and the broker (measured on the 2-core dev machine), so a page or a script
   polling it 10 times a second took a tenth of the machine.
-- A read is shared for ``max_age_s`` (1 s): callers in that window, and callers arriving
-  while a read is in flight, get the same figures. Lag and rates are at most that old. A
-  read that takes longer than ``send_timeout_s`` fails, and the next caller reads again.
+- Callers that arrive while a read is in flight share it; a caller arriving after it
+  ended starts another, so ``/stats`` never shows figures from before it was asked (a
+  script that writes a bad record and then asks sees its dead letter). A read that takes
+  longer than ``send_timeout_s`` fails, and the next caller reads again.
 """
 
 from __future__ import annotations
@@ -48,20 +49,16 @@ class Figures:
 
 
 class KafkaStats:
-    def __init__(
-        self, settings: KafkaSettings, groups: dict[str, str], *, max_age_s: float = 1.0
-    ) -> None:
+    def __init__(self, settings: KafkaSettings, groups: dict[str, str]) -> None:
         """``groups`` maps a topic to the consumer group whose lag on it is reported."""
         self._settings = settings
         self._groups = groups
-        self.max_age_s = max_age_s
         self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False
         )
         self._partitions: dict[str, list[TopicPartition]] = {}
         self._samples: deque[Sample] = deque(maxlen=64)
-        self._last: Figures | None = None
         self._reading: asyncio.Task[Figures] | None = None
         self.reads = 0  # reads that went to Kafka
 
@@ -75,12 +72,8 @@ class KafkaStats:
         await self._consumer.stop()
         await self._admin.close()
 
-    async def read(self, *, fresh: bool = False) -> Figures:
-        """The figures, from a read at most ``max_age_s`` old (``fresh``: a new read, or
-        the one in flight)."""
-        last = self._last
-        if not fresh and last is not None and time.monotonic() - last.at < self.max_age_s:
-            return last
+    async def read(self) -> Figures:
+        """The figures, from the read in flight or a new one."""
         if self._reading is None:
             read = self._read_within(self._settings.send_timeout_s)
             self._reading = asyncio.create_task(read, name="imgsim-kafka-stats")
@@ -90,8 +83,8 @@ class KafkaStats:
 
     def _read_done(self, task: asyncio.Task[Figures]) -> None:
         self._reading = None
-        if not task.cancelled() and task.exception() is None:
-            self._last = task.result()
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers got it, or none was left to
 
     async def _topic_partitions(self, topic: str) -> list[TopicPartition]:
         if topic not in self._partitions:
