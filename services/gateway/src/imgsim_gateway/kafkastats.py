@@ -12,9 +12,9 @@ Decisions:
   figure separately, a ``/stats`` had cost ~14 requests and 20–27 ms of CPU across the
   gateway and the broker (measured on the 2-core dev machine), so a page or a script
   polling it 10 times a second took a tenth of the machine.
-- Callers that arrive while a read is in flight share it; a caller arriving after it
-  ended starts another, so ``/stats`` never shows figures from before it was asked (a
-  script that writes a bad record and then asks sees its dead letter). A read that takes
+- Callers that arrive while a read is in flight share it (its requests may have left
+  just before they asked); a caller arriving after it ended starts another, so a script
+  that writes a bad record and then asks, alone, sees its dead letter. A read that takes
   longer than ``send_timeout_s`` fails, and the next caller reads again.
 """
 
