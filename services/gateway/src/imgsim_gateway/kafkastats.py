@@ -73,10 +73,10 @@ class KafkaStats:
         await self._admin.close()
 
     async def read(self) -> Figures:
-        """The figures, from the read in flight or a new one."""
+        """The figures, from the read in flight or a new one; TimeoutError when Kafka does
+        not answer within ``send_timeout_s``."""
         if self._reading is None:
-            read = self._read_within(self._settings.send_timeout_s)
-            self._reading = asyncio.create_task(read, name="imgsim-kafka-stats")
+            self._reading = asyncio.create_task(self._read_within(), name="imgsim-kafka-stats")
             self._reading.add_done_callback(self._read_done)
         # shield: a caller that gives up (its timeout) does not cancel the others' read
         return await asyncio.shield(self._reading)
@@ -94,10 +94,10 @@ class KafkaStats:
             ]
         return self._partitions[topic]
 
-    async def _read_within(self, timeout_s: float) -> Figures:
-        """A read that fails after ``timeout_s`` (a broker that does not answer): the
+    async def _read_within(self) -> Figures:
+        """A read that fails after ``send_timeout_s`` (a broker that does not answer): the
         next caller starts another, rather than wait on one stuck in aiokafka's retries."""
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(self._settings.send_timeout_s):
             return await self._read()
 
     async def _read(self) -> Figures:
