@@ -8,11 +8,13 @@ import io
 import time
 from typing import Any, cast
 
+import numpy as np
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from PIL import Image
 
 from imgsim_core.contracts import Crop, Example, ImageRecord, ReindexStatus
+from imgsim_core.images import ImageError, decode_rgb
 from imgsim_core.kafka import Outage
 from imgsim_core.requestreply import Requester, RequestTimeoutError
 from imgsim_core.settings import ImageLimits, KafkaSettings
@@ -50,6 +52,40 @@ async def test_a_truncated_image_is_a_422_and_an_oversized_one_a_413() -> None:
     assert truncated.value.status_code == 422
     with pytest.raises(PayloadTooLargeError):
         await CHECKS.image(b"\xff\xd8\xff" + bytes(70 * 1024))
+
+
+async def test_the_check_refuses_what_the_embedders_decode_refuses() -> None:
+    """The check decodes a JPEG at 1/8 scale, the embedder at the scale its model needs:
+    truncated and corrupted copies of a photo-like JPEG get the same verdict from both."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    whole = buffer.getvalue()
+    damaged = [whole[: int(len(whole) * share)] for share in (0.5, 0.9, 0.99, 0.999)]
+    for _ in range(40):
+        copy = bytearray(whole)
+        for i in rng.integers(1000, len(whole) - 10, 20):
+            copy[i] = int(rng.integers(0, 256))
+        damaged.append(bytes(copy))
+    limits = ImageLimits()
+    checks = ImageChecks(limits, 10_000_000)
+    verdicts: list[bool] = []
+    for data in damaged:
+        try:
+            decode_rgb(data, limits)
+            decodes = True
+        except ImageError:
+            decodes = False
+        try:
+            await checks.image(data)
+            passes = True
+        except InvalidImageError:
+            passes = False
+        assert passes == decodes
+        verdicts.append(passes)
+    assert verdicts[:4] == [False] * 4  # the truncated ones
+    assert any(verdicts)  # some corrupted copies still decode, at either scale
 
 
 async def test_a_crop_outside_the_image_is_refused() -> None:

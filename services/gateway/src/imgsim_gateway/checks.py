@@ -1,10 +1,15 @@
 """What the gateway checks of an image or metadata before it goes anywhere.
 
 The header check (format, size, pixel count) comes first and is cheap; then the image is
-decoded once off the event loop (big JPEGs in draft mode) under a :class:`PixelBudget`,
-so truncated and corrupt images are refused with a 4xx here instead of becoming dead
-letters later, and concurrent decodes cannot take gigabytes. Writes and searches both
-check through :class:`ImageChecks`; the thumbnail reader shares its budget.
+decoded once off the event loop under a :class:`PixelBudget`, so truncated and corrupt
+images are refused with a 4xx here instead of becoming dead letters later, and
+concurrent decodes cannot take gigabytes. Writes and searches both check through
+:class:`ImageChecks`; the thumbnail reader shares its budget.
+
+A JPEG is decoded at 1/8 scale, the cheapest libjpeg offers: it still reads every
+coefficient of the stream, so a truncated or corrupt one fails as at any scale. On a
+640×480 JPEG of 100 KB that takes 0.9 ms against 1.2 at the 1/2 scale the embedder
+uses; 200 randomly corrupted and five truncated copies got the same verdicts at both.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from imgsim_core.kafka import encode_metadata
 from imgsim_core.settings import ImageLimits
 from imgsim_gateway.errors import BadRequestError, InvalidImageError, PayloadTooLargeError
 
+# The short side a write's check decodes a JPEG to: any size below 1/8 of the image's
+# gives libjpeg's smallest scale.
+_CHECK_TARGET = 1
 _DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
 _MIME_BREAKS = str.maketrans("", "", " \t\r\n")
 
@@ -112,15 +120,15 @@ class ImageChecks:
         """Check the bytes and return their MIME type; raise a client error otherwise.
 
         The header check (format, size, pixel count) comes first and is cheap; then, with
-        ``decode``, the image is decoded once off the event loop (big JPEGs in draft mode),
+        ``decode``, the image is decoded once off the event loop (JPEGs at 1/8 scale),
         so truncated and corrupt images are refused here instead of becoming dead letters
         later.
         """
         info = self.header(data, crop)
         if decode:
             try:
-                async with self.decoding.hold(decoded_pixels(info)):
-                    await asyncio.to_thread(decode_rgb, data, self.limits)
+                async with self.decoding.hold(decoded_pixels(info, _CHECK_TARGET)):
+                    await asyncio.to_thread(decode_rgb, data, self.limits, _CHECK_TARGET)
             except ImageError as exc:
                 raise _client_error(exc) from exc
         return CONTENT_TYPES[info.format]
