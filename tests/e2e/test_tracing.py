@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ class TracedStack:
     url: str
     prefix: str
     receiver: OtlpReceiver
+    services: list[ServiceProcess]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,8 @@ def traced(infra: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         )
         services: list[ServiceProcess] = start_services(config, infra.bootstrap, infra.redis_url)
         try:
-            yield TracedStack(f"http://127.0.0.1:{config.gateway_port}", prefix, receiver)
+            url = f"http://127.0.0.1:{config.gateway_port}"
+            yield TracedStack(url, prefix, receiver, services)
         finally:
             for service in reversed(services):
                 service.stop()
@@ -127,3 +130,15 @@ async def test_one_search_is_one_trace(traced: TracedStack) -> None:
     ]
     assert redis, sorted({s.name for s in spans})
     assert {s.service for s in redis} == {"imgsim-gateway"}
+
+
+def test_every_log_line_is_json_naming_its_service(traced: TracedStack) -> None:
+    """After the flows above: FastStream's per-message lines go through the JSON handler
+    at DEBUG, not through a handler of its own as colored text at INFO."""
+    for service in traced.services:
+        lines = [line for line in service.log_of_this_run().splitlines() if line.strip()]
+        assert lines, service.name
+        for line in lines:
+            record = json.loads(line)  # fails on any line that is not JSON
+            assert record["service"] == f"imgsim-{service.name}", line
+            assert not record["message"].endswith(("Received", "Processed")), line

@@ -80,6 +80,17 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+def broker_logging() -> dict[str, Any]:
+    """FastStream's logging for a worker's broker: ``KafkaBroker(..., **broker_logging())``.
+
+    Without a logger of ours FastStream adds a handler of its own, which writes colored
+    text beside the JSON lines, and logs "Received" and "Processed" at INFO for each
+    message: two lines a search in each worker. Through this logger they reach the JSON
+    handler, at DEBUG; FastStream's warnings and errors keep their levels.
+    """
+    return {"logger": logging.getLogger("imgsim.broker"), "log_level": logging.DEBUG}
+
+
 def configure_telemetry(
     service: str,
     *,

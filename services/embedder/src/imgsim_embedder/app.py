@@ -22,7 +22,7 @@ from faststream.kafka import KafkaBroker
 from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
 from imgsim_core.liveness import Liveness
 from imgsim_core.service import consumer_app
-from imgsim_core.telemetry import serve_metrics
+from imgsim_core.telemetry import broker_logging, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
@@ -84,6 +84,7 @@ def create_app(settings: EmbedderSettings) -> FastStream:
         graceful_timeout=GRACEFUL_TIMEOUT_S,
         middlewares=(*kafka_middlewares(), liveness.middleware),
         max_request_size=max_request_size(settings.kafka),
+        **broker_logging(),
     )
     broker.include_router(build_router(settings, holder))
 

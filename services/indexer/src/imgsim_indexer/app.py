@@ -22,7 +22,7 @@ from imgsim_core.liveness import Liveness
 from imgsim_core.redisclient import make_redis
 from imgsim_core.service import consumer_app
 from imgsim_core.settings import QdrantSettings
-from imgsim_core.telemetry import serve_metrics
+from imgsim_core.telemetry import broker_logging, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import StoreConfigError
@@ -82,6 +82,7 @@ def create_app(settings: IndexerSettings) -> FastStream:
         settings.kafka.bootstrap_servers,
         middlewares=(*kafka_middlewares(), liveness.middleware),
         max_request_size=max_request_size(settings.kafka),  # replies carry metadata
+        **broker_logging(),
     )
     broker.include_router(build_router(settings, state))
 
