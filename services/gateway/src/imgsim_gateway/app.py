@@ -34,7 +34,7 @@ from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
 from imgsim_core.tasks import cancel_and_wait
 from imgsim_core.tracing import tracing_active
-from imgsim_gateway.cache import SearchCache
+from imgsim_gateway.cache import GenerationWatch, SearchCache
 from imgsim_gateway.checks import ImageChecks
 from imgsim_gateway.content import ContentReader
 from imgsim_gateway.errors import GatewayError
@@ -174,6 +174,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 kafka.topics.vectors: settings.indexer_group,
             },
         )
+        generation = GenerationWatch(redis, cache.generation_key)
         checks = ImageChecks(settings.limits, settings.decode_budget_pixels)
         outage = Outage("Kafka", log)  # produce and request/reply fail together
         indexer = IndexerClient(settings, requester, outage)
@@ -186,7 +187,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await kafka_stats.start()
             await content.start()
             sampler = asyncio.create_task(_sample_rates(kafka_stats), name="imgsim-rates")
-            app.state.writes = Writes(settings, producer, checks, indexer, outage)
+            app.state.writes = Writes(settings, producer, checks, indexer, outage, generation)
             app.state.searches = Searches(settings, cache, checks, indexer)
             app.state.indexer = indexer
             app.state.content = content
@@ -197,6 +198,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             await cancel_and_wait(sampler)
+            await generation.close()
             await content.stop()
             await kafka_stats.stop()
             await requester.stop()

@@ -15,10 +15,15 @@
   replicas; not Redis Cluster.)
 - **Redis down** means no cache: every call here turns a Redis error into a miss (logged
   at most every 30 s) and never fails a search.
+- **Writes that wait** (``wait=true``) watch the same counter (:class:`GenerationWatch`):
+  the indexer has applied a batch when it moves, so a write asks the indexer for its
+  record again then, instead of every 100 ms whatever happened (still its fallback).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -142,3 +147,63 @@ class SearchCache:
 def _bytes(value: bytes | str | None) -> bytes:
     """A value as this client returns it (bytes: it does not decode responses)."""
     return value.encode() if isinstance(value, str) else value or b""
+
+
+class GenerationWatch:
+    """Tells waiting writes when the indexer has applied a batch: the generation counter
+    moves after every batch that changed the store.
+
+    One task per process reads the counter every ``every_s`` while at least one caller
+    waits (a GET each time, however many wait), and stops when none does. A caller
+    reads the counter before it asks the indexer, then waits until the counter differs
+    from that value, so a batch applied between the two is not missed. Redis down: the
+    counter never moves here, and each wait ends at its timeout.
+    """
+
+    def __init__(self, redis: Redis, key: str, every_s: float = 0.02) -> None:
+        self.redis = redis
+        self.key = key
+        self.every_s = every_s
+        self._value: bytes | None = None
+        self._read = asyncio.Condition()
+        self._waiting = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def current(self) -> bytes | None:
+        """The counter now (the waiters see it too); None when it is not set or Redis
+        cannot be reached."""
+        try:
+            value = await self.redis.get(self.key)
+        except (RedisError, OSError):
+            return None
+        if value is None:
+            return None
+        async with self._read:
+            self._value = _bytes(value)
+            self._read.notify_all()
+        return self._value
+
+    async def moved_from(self, seen: bytes | None, timeout_s: float) -> bool:
+        """Wait until the counter differs from ``seen``: True, or False after ``timeout_s``."""
+        self._waiting += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._watch(), name="imgsim-generation-watch")
+        try:
+            async with asyncio.timeout(timeout_s), self._read:
+                await self._read.wait_for(lambda: self._value not in (None, seen))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting -= 1
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while self._waiting:
+            await self.current()
+            await asyncio.sleep(self.every_s)

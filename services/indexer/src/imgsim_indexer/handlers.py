@@ -130,6 +130,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         ack_policy=AckPolicy.NACK_ON_ERROR,
         parser=safe_batch_parser,
         max_records=settings.vectors_max_records,
+        batch_timeout_ms=kafka.bulk_idle_poll_ms,
         fetch_max_wait_ms=kafka.bulk_fetch_max_wait_ms,
         **kafka.membership,
         title="index-vectors",
