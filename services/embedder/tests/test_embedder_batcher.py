@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+import torch
 from embedder_fakes import FAIL, FakeEncoder, row
 
+from imgsim_embedder import batcher as batcher_module
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.errors import BatcherClosedError, InferenceError
+from imgsim_embedder.model import Steps, Vectors
 
 
 async def until_accepted(batcher: MicroBatcher, rows: int) -> None:
@@ -85,6 +88,38 @@ async def test_queries_run_between_the_steps_of_a_bulk_pass(
     assert vectors[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert image[0, 0] == 9.0
     assert texts[0, 0] == 3.0
+
+
+class EightSteps(FakeEncoder):
+    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+        for _ in range(8):
+            yield
+        return self.encode_images(batch)
+
+
+@pytest.mark.parametrize(("rows", "trips"), [(4, 9), (2, 5), (1, 3)])
+async def test_a_smaller_bulk_batch_runs_several_steps_a_trip(
+    rows: int, trips: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight steps end on the ninth ``next``: a full batch (4 rows) makes one trip to the
+    inference thread a step, 2 rows two steps a trip, 1 row four."""
+    advanced: list[int] = []
+    advance = batcher_module._advance
+
+    def counting(steps: Steps, count: int) -> Vectors | None:
+        advanced.append(count)
+        return advance(steps, count)
+
+    monkeypatch.setattr(batcher_module, "_advance", counting)
+    b = MicroBatcher(EightSteps(), max_batch=4, max_wait_ms=0)
+    b.start()
+    try:
+        vectors = await b.embed_images([row(float(i)) for i in range(rows)], urgent=False)
+    finally:
+        await b.stop()
+    assert vectors[:, 0].tolist() == [float(i) for i in range(rows)]
+    assert len(advanced) == trips
+    assert set(advanced) == {4 // rows}
 
 
 async def test_images_and_texts_never_share_a_pass(

@@ -20,6 +20,10 @@ Decisions:
   at most one block of a bulk pass (~1/13 of it), while bulk batches keep the size that
   gives the model its best throughput. The steps run on the same inference thread, one
   after another, so nothing runs two passes at once.
+- A smaller bulk batch hands the inference thread several steps at a time, about one
+  full batch's step of work (``max_batch // rows`` steps): a query waits no longer than
+  behind one step of a full batch, and a pass of 2 images makes 2 trips between the
+  event loop and the inference thread instead of 15.
 - One future per row: a caller's rows may span batches, and an encoder exception fails
   only the rows of that batch (and so only their callers). A caller that gives up
   (cancelled) leaves cancelled futures, which the worker skips.
@@ -263,10 +267,12 @@ class MicroBatcher:
         return await self._on_inference_thread(self.encoder.encode_texts, texts)
 
     async def _encode_bulk(self, tensors: list[torch.Tensor]) -> Vectors:
-        """A bulk pass a step at a time, serving the urgent rows that wait between steps."""
+        """A bulk pass a run of steps at a time, serving the urgent rows that wait between
+        runs (one step for a full batch, ``max_batch // rows`` for a smaller one)."""
+        run = max(1, self.max_batch // len(tensors))
         steps = await self._on_inference_thread(_stack_and_start, self.encoder, tensors)
         try:
-            while (vectors := await self._on_inference_thread(_advance, steps)) is None:
+            while (vectors := await self._on_inference_thread(_advance, steps, run)) is None:
                 if self._urgent or self._texts:
                     paused = time.perf_counter()
                     await self._serve_urgent()
@@ -285,10 +291,11 @@ def _stack_and_start(encoder: ImageEncoder, tensors: list[torch.Tensor]) -> Step
     return encoder.encode_images_in_steps(torch.stack(tensors))
 
 
-def _advance(steps: Steps) -> Vectors | None:
-    """Run one step; the vectors once the pass is done, else None."""
+def _advance(steps: Steps, count: int) -> Vectors | None:
+    """Run up to ``count`` steps; the vectors once the pass is done, else None."""
     try:
-        next(steps)
+        for _ in range(count):
+            next(steps)
     except StopIteration as done:
         return cast(Vectors, done.value)
     return None
