@@ -6,7 +6,8 @@ are acknowledged by the broker (durable) before the gateway answers. With ``wait
 the gateway then asks the indexer for the image's record until it reflects the write
 (its source partition and offset reach the write's) or, for a delete, until it is gone:
 again each time the indexer has applied a batch (:class:`~imgsim_gateway.cache.GenerationWatch`),
-and at least every 100 ms. Asked every 100 ms whatever happened, the answer came up to
+and at least every second (every 100 ms while Redis cannot tell). Asked every 100 ms
+whatever happened, the answer came up to
 100 ms after the write was searchable: at 2 writes/s, from the vectors record to the
 answer p50 51-61 ms, against 35-38 with the watch (a write's whole wait 118-120 against
 98-103 ms; bench/RESULTS.md).
@@ -37,7 +38,8 @@ WRITES = Counter(
     "Image events the broker acknowledged (durable), by kind: image or delete.",
     ["kind"],
 )
-_WAIT_POLL_S = 0.1
+_WAIT_POLL_S = 0.1  # between lookups while Redis cannot tell when a batch lands
+_WAIT_FALLBACK_S = 1.0  # between lookups while no batch lands (a bump the indexer owes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,8 @@ class Writes:
                 and record.source_offset >= written.offset
             ):
                 return
-            await self._generation.moved_from(seen, min(_WAIT_POLL_S, remaining))
+            pause = _WAIT_POLL_S if seen is None else _WAIT_FALLBACK_S
+            await self._generation.moved_from(seen, min(pause, remaining))
         what = "deleted" if deleted else "searchable"
         raise UpstreamTimeoutError(
             f"the write is accepted and durable, but was not {what} within {bound:.0f} s; "
