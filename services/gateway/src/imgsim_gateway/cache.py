@@ -17,13 +17,13 @@
   at most every 30 s) and never fails a search.
 - **Writes that wait** (``wait=true``) watch the same counter (:class:`GenerationWatch`):
   the indexer has applied a batch when it moves, so a write asks the indexer for its
-  record again then, instead of every 100 ms whatever happened (still its fallback).
+  record again then, instead of every 100 ms whatever happened (see
+  :mod:`imgsim_gateway.writes`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from imgsim_core.contracts import SearchHit
 from imgsim_core.redisclient import generation_key
+from imgsim_core.tasks import cancel_and_wait
 from imgsim_gateway.observability import CACHE_HITS, CACHE_MISSES
 
 log = logging.getLogger(__name__)
@@ -178,10 +179,11 @@ class GenerationWatch:
             return None
         if value is None:
             return None
+        counter = _bytes(value)
         async with self._read:
-            self._value = _bytes(value)
+            self._value = counter
             self._read.notify_all()
-        return self._value
+        return counter
 
     async def moved_from(self, seen: bytes | None, timeout_s: float) -> bool:
         """Wait until the counter differs from ``seen``: True, or False after ``timeout_s``."""
@@ -198,10 +200,7 @@ class GenerationWatch:
             self._waiting -= 1
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _watch(self) -> None:
         while self._waiting:

@@ -4,13 +4,13 @@ Writes go to the images topic exactly as upstream producers write them (key = im
 value = raw bytes, ``metadata`` and ``content-type`` headers; a null value deletes) and
 are acknowledged by the broker (durable) before the gateway answers. With ``wait=true``
 the gateway then asks the indexer for the image's record until it reflects the write
-(its source partition and offset reach the write's) or, for a delete, until it is gone:
-again each time the indexer has applied a batch (:class:`~imgsim_gateway.cache.GenerationWatch`),
-and at least every second (every 100 ms while Redis cannot tell). Asked every 100 ms
-whatever happened, the answer came up to
-100 ms after the write was searchable: at 2 writes/s, from the vectors record to the
-answer p50 51-61 ms, against 35-38 with the watch (a write's whole wait 118-120 against
-98-103 ms; bench/RESULTS.md).
+(its source partition and offset reach the write's) or, for a delete, until it is gone.
+It asks again each time the indexer has applied a batch
+(:class:`~imgsim_gateway.cache.GenerationWatch`), and at least every second (every
+100 ms while Redis cannot tell). Asked every 100 ms whatever happened, the answer came
+up to 100 ms after the write was searchable: at 2 writes/s, from the vectors record to
+the answer p50 51-61 ms, against 35-38 with the watch (a write's whole wait 118-120
+against 98-103 ms; bench/RESULTS.md).
 """
 
 from __future__ import annotations
