@@ -342,8 +342,13 @@ async def run_limited(count: int, concurrency: int, one: Callable[[int], Awaitab
     return time.perf_counter() - started
 
 
+def index_bodies(payloads: list[str], tag: str) -> list[bytes]:
+    """Index requests of base64 images, ids ``<tag>-<i>``."""
+    return [body(image_data=data, image_id=f"{tag}-{i}") for i, data in enumerate(payloads)]
+
+
 async def index_all(client: Gateway, payloads: list[str], concurrency: int, tag: str) -> float:
-    bodies = [body(image_data=data, image_id=f"{tag}-{i}") for i, data in enumerate(payloads)]
+    bodies = index_bodies(payloads, tag)
 
     async def one(i: int) -> None:
         await client.post("/api/v1/index", bodies[i])
@@ -524,8 +529,7 @@ async def bench_stack(
     # Time to searchable at half the measured index rate (open loop, ?wait=true).
     rate = e2e_rate / 2
     count = max(20, int(rate * args.tts_seconds))
-    bodies = [body(image_data=data, image_id=f"{tag}-tts-{i}") for i, data in
-              enumerate(images.take(count))]  # fmt: skip
+    bodies = index_bodies(images.take(count), f"{tag}-tts")
     visible: list[float] = []
 
     async def write(i: int) -> None:

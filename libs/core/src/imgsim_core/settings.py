@@ -21,6 +21,14 @@ class Membership(TypedDict):
     heartbeat_interval_ms: int
 
 
+class BulkPolling(TypedDict):
+    """How a bulk (batch) subscriber waits for records, as FastStream's ``subscriber()``
+    takes it."""
+
+    batch_timeout_ms: int
+    fetch_max_wait_ms: int
+
+
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = "imgsim."
@@ -103,6 +111,14 @@ class KafkaSettings(BaseModel):
         return {
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": max(100, self.session_timeout_ms // 3),
+        }
+
+    @property
+    def bulk_polling(self) -> BulkPolling:
+        """The waits of the bulk subscribers (the embedder's images, the indexer's vectors)."""
+        return {
+            "batch_timeout_ms": self.bulk_idle_poll_ms,
+            "fetch_max_wait_ms": self.bulk_fetch_max_wait_ms,
         }
 
 

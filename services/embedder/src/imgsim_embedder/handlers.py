@@ -119,8 +119,7 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         ack_policy=AckPolicy.NACK_ON_ERROR,
         parser=safe_batch_parser,
         max_records=settings.kafka.bulk_max_records,
-        batch_timeout_ms=settings.kafka.bulk_idle_poll_ms,
-        fetch_max_wait_ms=settings.kafka.bulk_fetch_max_wait_ms,
+        **settings.kafka.bulk_polling,
         **settings.kafka.membership,
         title="images",
         description=(
