@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgsim_embedder.model import Steps, Vectors
+from imgsim_embedder.model import SliceRows, Steps, Vectors
 
 FAIL = -1.0
 
@@ -36,6 +36,7 @@ class FakeEncoder:
         self.step_gate = threading.Event()
         self.step_gate.set()
         self.stepped = threading.Event()
+        self.slices: list[int] = []  # what a stepwise pass's slice_rows() said at its start
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         red = img.convert("RGB").getpixel((0, 0))
@@ -55,7 +56,10 @@ class FakeEncoder:
         out[:, 0] = batch[:, 0].numpy()
         return out
 
-    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+    def encode_images_in_steps(
+        self, batch: torch.Tensor, slice_rows: SliceRows | None = None
+    ) -> Steps:
+        self.slices.append(slice_rows() if slice_rows else 0)
         yield
         self.stepped.set()
         self.step_gate.wait(10)

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from embedder_fakes import FAIL, FakeEncoder, row
+from pydantic import ValidationError
 
 from imgsim_embedder import batcher as batcher_module
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.errors import BatcherClosedError, InferenceError
-from imgsim_embedder.model import Steps, Vectors
+from imgsim_embedder.model import SliceRows, Steps, Vectors
+from imgsim_embedder.settings import EmbedderSettings
 
 
 async def until_accepted(batcher: MicroBatcher, rows: int) -> None:
@@ -91,18 +93,24 @@ async def test_queries_run_between_the_steps_of_a_bulk_pass(
 
 
 class EightSteps(FakeEncoder):
-    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+    def encode_images_in_steps(
+        self, batch: torch.Tensor, slice_rows: SliceRows | None = None
+    ) -> Steps:
         for _ in range(8):
             yield
         return self.encode_images(batch)
 
 
-@pytest.mark.parametrize(("rows", "trips"), [(4, 9), (2, 5), (1, 3)])
+@pytest.mark.parametrize(
+    ("rows", "searching", "trips"),
+    [(4, False, 9), (2, False, 5), (1, False, 3), (2, True, 9), (1, True, 5)],
+)
 async def test_a_smaller_bulk_batch_runs_several_steps_a_trip(
-    rows: int, trips: int, monkeypatch: pytest.MonkeyPatch
+    rows: int, searching: bool, trips: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Eight steps end on the ninth ``next``: a full batch (4 rows) makes one trip to the
-    inference thread a step, 2 rows two steps a trip, 1 row four."""
+    inference thread a step, 2 rows two steps a trip, 1 row four. While searches come, a
+    trip holds a slice's work (2 rows here): 2 rows a step a trip, 1 row two."""
     advanced: list[int] = []
     advance = batcher_module._advance
 
@@ -111,15 +119,33 @@ async def test_a_smaller_bulk_batch_runs_several_steps_a_trip(
         return advance(steps, count)
 
     monkeypatch.setattr(batcher_module, "_advance", counting)
-    b = MicroBatcher(EightSteps(), max_batch=4, max_wait_ms=0)
+    b = MicroBatcher(EightSteps(), max_batch=4, max_wait_ms=0, search_step_rows=2)
     b.start()
     try:
+        if searching:
+            await b.embed_text(["a query a moment ago"])
         vectors = await b.embed_images([row(float(i)) for i in range(rows)], urgent=False)
     finally:
         await b.stop()
     assert vectors[:, 0].tolist() == [float(i) for i in range(rows)]
     assert len(advanced) == trips
-    assert set(advanced) == {4 // rows}
+    assert set(advanced) == {(2 if searching else 4) // rows}
+
+
+async def test_bulk_steps_run_in_slices_only_while_searches_come(
+    fake: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = MicroBatcher(fake, max_batch=4, max_wait_ms=0, search_step_rows=2)
+    b.start()
+    try:
+        await b.embed_images([row(1.0)] * 4, urgent=False)  # no search yet: whole steps
+        await b.embed_images([row(2.0)], urgent=True)
+        await b.embed_images([row(3.0)] * 4, urgent=False)  # a search just came: slices
+        monkeypatch.setattr(batcher_module, "SEARCHING_S", 0.0)  # as if a while had passed
+        await b.embed_images([row(4.0)] * 4, urgent=False)
+    finally:
+        await b.stop()
+    assert fake.slices == [0, 2, 0]
 
 
 async def test_images_and_texts_never_share_a_pass(
@@ -172,3 +198,21 @@ async def test_stop_cancels_the_worker_and_fails_waiting_callers(fake: FakeEncod
 async def test_empty_input_needs_no_pass(batcher: MicroBatcher, fake: FakeEncoder) -> None:
     assert (await batcher.embed_images([], urgent=False)).shape == (0, 4)
     assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "on_gpu", "rows"),
+    [("auto", False, 4), ("auto", True, 0), ("2", True, 2), ("0", False, 0)],
+)
+def test_slices_are_the_cpus_default_and_never_a_gpus(
+    setting: str, on_gpu: bool, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU runs a step of a big bulk batch in milliseconds: slices would only slow it."""
+    monkeypatch.setenv("EMBEDDER_SEARCH_STEP_ROWS", setting)
+    assert EmbedderSettings().step_rows_while_searching(on_gpu) == rows
+
+
+def test_a_negative_slice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDDER_SEARCH_STEP_ROWS", "-1")
+    with pytest.raises(ValidationError):
+        EmbedderSettings()

@@ -167,3 +167,24 @@ def test_stepwise_vectors_are_their_own_while_other_passes_run(
     np.testing.assert_array_equal(first, kept)
     assert (second * encoder.encode_images(images[3:])).sum(axis=1).min() >= 0.9999
     assert (query * kept[:1]).sum() >= 0.9999
+
+
+def test_a_stepwise_pass_in_slices_gives_the_whole_passs_vectors(
+    encoder: OpenVinoEncoder, images: torch.Tensor
+) -> None:
+    """Each step on slices of 4 of the 6 rows (a full slice and a short one), a yield
+    between slices; a query between two slices changes nothing."""
+    steps = encoder.encode_images_in_steps(images, lambda: 4)
+    taken = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            sliced = done.value
+            break
+        taken += 1
+        encoder.encode_images(images[:1])
+    assert taken == 14 * 2 - 1  # the 14 steps in two slices each
+    assert (sliced * encoder.encode_images(images)).sum(axis=1).min() >= 0.9999
+    whole, _ = stepwise(encoder, images)
+    np.testing.assert_allclose(sliced, whole, atol=1e-5)

@@ -26,7 +26,7 @@ from imgsim_core.telemetry import broker_logging, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
-from imgsim_embedder.model import load_encoder
+from imgsim_embedder.model import load_encoder, pick_device
 from imgsim_embedder.preprocessing import PreprocessPool
 from imgsim_embedder.settings import EmbedderSettings
 
@@ -53,6 +53,9 @@ async def open_state(
             settings.max_wait_ms,
             urgent_max_batch=settings.query_max_batch,
             urgent_wait_ms=settings.query_max_wait_ms,
+            search_step_rows=settings.step_rows_while_searching(
+                pick_device(settings.model.device).type == "cuda"
+            ),
         )
         batcher.start()
         stack.push_async_callback(batcher.stop)

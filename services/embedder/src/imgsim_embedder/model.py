@@ -51,6 +51,8 @@ MODEL_LOAD_SECONDS = Gauge(
 
 Vectors = npt.NDArray[np.float32]
 Steps = Generator[None, None, Vectors]
+# How many rows a step of a stepwise pass runs at a time, asked before each step (0: all).
+SliceRows = Callable[[], int]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -71,10 +73,13 @@ class ImageEncoder(Protocol):
         """(n, 3, H, W) → (n, dim) float32, L2-normalised."""
         ...
 
-    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+    def encode_images_in_steps(
+        self, batch: torch.Tensor, slice_rows: SliceRows | None = None
+    ) -> Steps:
         """The vectors of :meth:`encode_images`, computed a step at a time: each ``next()``
-        runs one step (one transformer block), and the generator returns the vectors. The
-        batcher runs search queries between the steps of a bulk batch."""
+        runs one step (one transformer block) on a slice of ``slice_rows()`` rows (all rows
+        when it is 0 or there is none), and the generator returns the vectors. The batcher
+        runs search queries between the steps of a bulk batch."""
         ...
 
     def encode_texts(self, texts: list[str]) -> Vectors:
@@ -201,8 +206,11 @@ class ClipEncoder:
             features = self._model.encode_image(x)
             return _normalised(features)
 
-    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
-        """open_clip's ``VisionTransformer.forward`` cut between its residual blocks.
+    def encode_images_in_steps(
+        self, batch: torch.Tensor, slice_rows: SliceRows | None = None
+    ) -> Steps:
+        """open_clip's ``VisionTransformer.forward`` cut between its residual blocks, each
+        block run on slices of rows when ``slice_rows`` asks for it.
 
         Any other vision tower (or one with options this does not follow) runs whole, as
         a single step. Each step enters inference mode itself, so other forward passes can
@@ -217,10 +225,24 @@ class ClipEncoder:
             x = visual._embeds(batch.to(device=self._device, dtype=self._dtype))
             if not visual.transformer.batch_first:
                 x = x.transpose(0, 1)
+        rows_at = 0 if visual.transformer.batch_first else 1
         for block in blocks:
             yield
+            rows = slice_rows() if slice_rows else 0
+            count = x.shape[rows_at]
+            if not 0 < rows < count:
+                with torch.inference_mode():
+                    x = block(x, attn_mask=None)
+                continue
+            parts = []
+            for start in range(0, count, rows):
+                if start:
+                    yield
+                with torch.inference_mode():
+                    part = x.narrow(rows_at, start, min(rows, count - start))
+                    parts.append(block(part, attn_mask=None))
             with torch.inference_mode():
-                x = block(x, attn_mask=None)
+                x = torch.cat(parts, dim=rows_at)
         yield
         with torch.inference_mode():
             if not visual.transformer.batch_first:

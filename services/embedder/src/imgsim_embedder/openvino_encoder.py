@@ -50,7 +50,14 @@ from PIL import Image
 
 from imgsim_core.settings import ModelSettings
 from imgsim_embedder.errors import ModelLoadError
-from imgsim_embedder.model import MODEL_LOAD_SECONDS, Steps, Vectors, cpu_has_bf16, create_model
+from imgsim_embedder.model import (
+    MODEL_LOAD_SECONDS,
+    SliceRows,
+    Steps,
+    Vectors,
+    cpu_has_bf16,
+    create_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -307,16 +314,32 @@ class OpenVinoEncoder:
     def encode_images(self, batch: torch.Tensor) -> Vectors:
         return _normalised(self._whole.infer({0: _array(batch)})[0])
 
-    def encode_images_in_steps(self, batch: torch.Tensor) -> Steps:
+    def encode_images_in_steps(
+        self, batch: torch.Tensor, slice_rows: SliceRows | None = None
+    ) -> Steps:
         """Each step reads the previous step's output where it lies (``share_inputs`` and
         ``share_outputs``: no copies of the batch's activations between steps; a step's
         request runs again only in the next pass, after the vectors were copied out).
-        Measured, batch 16: 399 ms a pass against 407 with copies; the whole graph 381."""
+        Measured, batch 16: 399 ms a pass against 407 with copies; the whole graph 381.
+
+        A step run in slices copies each slice's output out (the request's next slice
+        overwrites it) and joins them. Measured, 16 rows: a pass in slices of 4 took 431 ms
+        against 373 whole, in slices of 8 389 ms."""
         x = _array(batch)
         for i, request in enumerate(self._steps):
             if i:
                 yield
-            x = request.infer({0: x}, share_inputs=True, share_outputs=True)[0]
+            rows = slice_rows() if slice_rows else 0
+            if not 0 < rows < x.shape[0]:
+                x = request.infer({0: x}, share_inputs=True, share_outputs=True)[0]
+                continue
+            parts = []
+            for start in range(0, x.shape[0], rows):
+                if start:
+                    yield
+                part = request.infer({0: x[start : start + rows]}, share_inputs=True)[0]
+                parts.append(np.array(part))
+            x = np.concatenate(parts)
         return _normalised(x)
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:

@@ -7,6 +7,8 @@ Nested groups use ``__``: ``EMBEDDER_KAFKA__BOOTSTRAP_SERVERS``,
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,6 +30,16 @@ class EmbedderSettings(BaseSettings):
         "2-core dev machine with OpenVINO, 16 rows ran at 42-43 img/s with 36 ms steps and "
         "32 rows at 43-44 img/s with 67 ms steps, and a search's p50/p99 under bulk "
         "indexing fell from 143/323 to 98/172 ms. On a GPU, pick it with bench/gpu.py.",
+    )
+    search_step_rows: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        default="auto",
+        description="While searches come (one in the last second), a bulk step runs this "
+        "many rows at a time, so a search waits for a slice of a step, not a whole one; "
+        "0 = whole steps always. auto: 4 on the CPU, 0 on a GPU (where a step of a bulk "
+        "batch takes milliseconds and slices would cost it most of its throughput). On the "
+        "2-core dev machine (OpenVINO, 16 rows) a pass in slices of 4 takes 431 ms against "
+        "373 whole, and a search under saturating bulk indexing took p50 59-76 ms against "
+        "80-96 (bench/RESULTS.md, 2026-12-07).",
     )
     max_wait_ms: float = Field(
         default=5, ge=0, description="How long a batch may wait for more rows to fill."
@@ -68,3 +80,9 @@ class EmbedderSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     json_logs: bool = True
+
+    def step_rows_while_searching(self, on_gpu: bool) -> int:
+        """``search_step_rows`` with ``auto`` resolved for where the model runs."""
+        if self.search_step_rows == "auto":
+            return 0 if on_gpu else 4
+        return self.search_step_rows
