@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
@@ -102,21 +102,21 @@ class EightSteps(FakeEncoder):
 
 
 @pytest.mark.parametrize(
-    ("rows", "searching", "trips"),
-    [(4, False, 9), (2, False, 5), (1, False, 3), (2, True, 9), (1, True, 5)],
+    ("rows", "searching", "trips", "run"),
+    [(4, False, 9, 1), (2, False, 5, 2), (1, False, 3, 4), (4, True, 5, 2), (1, True, 3, 4)],
 )
-async def test_a_smaller_bulk_batch_runs_several_steps_a_trip(
-    rows: int, searching: bool, trips: int, monkeypatch: pytest.MonkeyPatch
+async def test_a_trip_to_the_inference_thread_holds_about_a_full_batchs_step(
+    rows: int, searching: bool, trips: int, run: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Eight steps end on the ninth ``next``: a full batch (4 rows) makes one trip to the
-    inference thread a step, 2 rows two steps a trip, 1 row four. While searches come, a
-    trip holds a slice's work (2 rows here): 2 rows a step a trip, 1 row two."""
+    """Eight ``next`` calls end the pass on the ninth. A full batch (4 rows) makes one trip
+    a step, 2 rows two steps a trip, 1 row four. While searches come, a step of 4 rows is
+    two slices of 2 (``search_step_rows``): two slices a trip, still one step's work."""
     advanced: list[int] = []
     advance = batcher_module._advance
 
-    def counting(steps: Steps, count: int) -> Vectors | None:
+    def counting(steps: Steps, count: int, urgent_waits: Callable[[], bool]) -> Vectors | None:
         advanced.append(count)
-        return advance(steps, count)
+        return advance(steps, count, urgent_waits)
 
     monkeypatch.setattr(batcher_module, "_advance", counting)
     b = MicroBatcher(EightSteps(), max_batch=4, max_wait_ms=0, search_step_rows=2)
@@ -129,7 +129,21 @@ async def test_a_smaller_bulk_batch_runs_several_steps_a_trip(
         await b.stop()
     assert vectors[:, 0].tolist() == [float(i) for i in range(rows)]
     assert len(advanced) == trips
-    assert set(advanced) == {(2 if searching else 4) // rows}
+    assert set(advanced) == {run}
+
+
+def test_a_trip_ends_after_the_step_during_which_a_query_came() -> None:
+    ran: list[int] = []
+
+    def steps() -> Steps:
+        for i in range(8):
+            ran.append(i)
+            yield
+        return np.zeros((1, 4), dtype=np.float32)
+
+    waits = iter([False, True])
+    assert batcher_module._advance(steps(), 8, lambda: next(waits)) is None
+    assert ran == [0, 1]
 
 
 async def test_bulk_steps_run_in_slices_only_while_searches_come(

@@ -25,14 +25,16 @@ Decisions:
   behind one step of a full batch, and a pass of 2 images makes 2 trips between the
   event loop and the inference thread instead of 15.
 - While searches come (one in the last ``SEARCHING_S``), a bulk step runs on slices of
-  ``search_step_rows`` rows, a trip each, so a query waits for a slice instead of a
-  whole step: measured on the 2-core dev machine (OpenVINO, 16 rows), a step took ~32 ms
-  alone and 30-40 ms with the cores shared, and a query waited ~30 ms for it (median,
-  traced) under saturating bulk indexing. Slices of 4 rows cost bulk work ~15 % of its
-  rate (431 against 373 ms a pass), and only while searches come; without them the
-  steps run whole. Cutting the step in progress short (OpenVINO can cancel a request)
-  was tried instead: a query at concurrency 1 came back while the step it had cut ran
-  again, so every other query waited for that rerun, and bulk work lost each cut step.
+  ``search_step_rows`` rows, and a trip ends after the slice (or step) during which a
+  query came, so the query waits for a slice instead of a whole step. Measured on the
+  2-core dev machine (OpenVINO, 16 rows): a step took ~32 ms alone, and under saturating
+  bulk indexing a query waited ~30 ms for it (median, traced); slices of 4 took a pass
+  431 ms against 373 whole, bare. In the stack, with searches at concurrency 1 during
+  bulk indexing, the searches' p50 fell from 84-87 to 65-80 ms and bulk work went on at
+  7.3-7.8 images/s against 11.2-12.5: the faster searches also come more often and take
+  more of the model. Without searches the steps run whole. Cutting the step in progress
+  short (OpenVINO can cancel a request) was tried instead: at concurrency 1 a query came
+  back while the step it had cut ran again, so the next one waited for that rerun.
 - One future per row: a caller's rows may span batches, and an encoder exception fails
   only the rows of that batch (and so only their callers). A caller that gives up
   (cancelled) leaves cancelled futures, which the worker skips.
@@ -290,7 +292,7 @@ class MicroBatcher:
         )
         try:
             while (vectors := await self._trip(steps, len(tensors))) is None:
-                if self._urgent or self._texts:
+                if self._urgent_waits():
                     paused = time.perf_counter()
                     await self._serve_urgent()
                     self._preempted_s += time.perf_counter() - paused
@@ -300,10 +302,15 @@ class MicroBatcher:
         return vectors
 
     def _trip(self, steps: Steps, rows: int) -> asyncio.Future[Vectors | None]:
-        """One trip: about a full batch's step of work (``max_batch // rows`` steps), or a
-        slice's while searches come."""
-        run = max(1, (self._slice_rows() or self.max_batch) // rows)
-        return self._on_inference_thread(_advance, steps, run)
+        """One trip: about a full batch's step of work (``max_batch // rows`` steps, or as
+        many slices), which ends early when a query waits."""
+        run = max(1, self.max_batch // min(rows, self._slice_rows() or rows))
+        return self._on_inference_thread(_advance, steps, run, self._urgent_waits)
+
+    def _urgent_waits(self) -> bool:
+        """Whether a query row waits; read on the inference thread too (a deque's length
+        is safe to read from another thread)."""
+        return bool(self._urgent or self._texts)
 
     def _slice_rows(self) -> int:
         """Rows a bulk step runs at a time: a slice while searches come, else all (0).
@@ -323,11 +330,14 @@ def _stack_and_start(
     return encoder.encode_images_in_steps(torch.stack(tensors), slice_rows)
 
 
-def _advance(steps: Steps, count: int) -> Vectors | None:
-    """Run up to ``count`` steps; the vectors once the pass is done, else None."""
+def _advance(steps: Steps, count: int, urgent_waits: Callable[[], bool]) -> Vectors | None:
+    """Run up to ``count`` steps, none after one that ends while a query waits; the vectors
+    once the pass is done, else None."""
     try:
         for _ in range(count):
             next(steps)
+            if urgent_waits():
+                break
     except StopIteration as done:
         return cast(Vectors, done.value)
     return None

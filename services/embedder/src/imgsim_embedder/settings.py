@@ -37,9 +37,9 @@ class EmbedderSettings(BaseSettings):
         "many rows at a time, so a search waits for a slice of a step, not a whole one; "
         "0 = whole steps always. auto: 4 on the CPU, 0 on a GPU (where a step of a bulk "
         "batch takes milliseconds and slices would cost it most of its throughput). On the "
-        "2-core dev machine (OpenVINO, 16 rows) a pass in slices of 4 takes 431 ms against "
-        "373 whole, and a search under saturating bulk indexing took p50 59-76 ms against "
-        "80-96 (bench/RESULTS.md, 2026-12-07).",
+        "2-core dev machine (OpenVINO, 16 rows), with searches at concurrency 1 during bulk "
+        "indexing: their p50 65-80 ms against 84-87, bulk work 7.3-7.8 images/s against "
+        "11.2-12.5 meanwhile (bench/RESULTS.md, 2026-12-07).",
     )
     max_wait_ms: float = Field(
         default=5, ge=0, description="How long a batch may wait for more rows to fill."
