@@ -7,11 +7,13 @@ row whose value is ``FAIL`` makes its whole pass raise. ``poison`` names red val
 preprocess to ``FAIL``; ``failures`` makes the next that many image passes raise. A
 stepwise pass takes two steps before its forward pass; ``step_gate`` holds it after the
 first (``stepped`` says it got there), so tests can send queries in between.
+:func:`run_steps` drives a real encoder's stepwise pass to its end.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -78,3 +80,17 @@ class FakeEncoder:
 
 def row(value: float) -> torch.Tensor:
     return torch.tensor([value])
+
+
+def run_steps(steps: Steps, between: Callable[[], object] | None = None) -> tuple[Vectors, int]:
+    """A stepwise pass run to its end: its vectors, and how many times it yielded.
+    ``between`` runs at each yield, as a query served between two steps would."""
+    taken = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, taken
+        taken += 1
+        if between is not None:
+            between()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from embedder_fakes import run_steps
 
 from imgsim_core.images import decode_rgb
 from imgsim_core.settings import ImageLimits, ModelSettings
@@ -67,17 +68,10 @@ def test_each_image_is_its_own_nearest_alone_or_in_a_batch(
 def test_the_stepwise_pass_gives_the_whole_pass_vectors(
     encoder: ClipEncoder, images: torch.Tensor
 ) -> None:
-    steps = encoder.encode_images_in_steps(images)
-    taken = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            stepwise = done.value
-            break
-        taken += 1
-        # another pass between two steps (a query served first) changes nothing
-        encoder.encode_images(images[:1])
+    # another pass between two steps (a query served first) changes nothing
+    stepwise, taken = run_steps(
+        encoder.encode_images_in_steps(images), lambda: encoder.encode_images(images[:1])
+    )
     assert taken == 13  # the embedding, 12 residual blocks, then the head
     np.testing.assert_array_equal(stepwise, encoder.encode_images(images))
 
@@ -87,21 +81,13 @@ def test_a_stepwise_pass_in_slices_gives_the_same_vectors(
 ) -> None:
     """Blocks run on slices of rows (3 at a time here, so the last slice is short), asked
     before each step: the pass yields once a slice and its vectors are the whole pass's."""
-    asked = []
+    asked: list[int] = []
 
     def slice_rows() -> int:
         asked.append(0 if len(asked) % 2 else 3)  # slices, then whole, step by step
         return asked[-1]
 
-    steps = encoder.encode_images_in_steps(images, slice_rows)
-    taken = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            sliced = done.value
-            break
-        taken += 1
+    sliced, taken = run_steps(encoder.encode_images_in_steps(images, slice_rows))
     assert len(asked) == 12  # once a residual block
     assert taken == 13 + 6 * 2  # six of the blocks in three slices of the 8 rows
     np.testing.assert_allclose(sliced, encoder.encode_images(images), atol=1e-6)

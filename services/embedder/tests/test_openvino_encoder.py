@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from embedder_fakes import run_steps
 
 from imgsim_core.images import decode_rgb
 from imgsim_core.settings import ImageLimits, ModelSettings
@@ -59,14 +60,7 @@ def images(encoder: OpenVinoEncoder) -> torch.Tensor:
 
 
 def stepwise(encoder: OpenVinoEncoder, batch: torch.Tensor) -> tuple[Vectors, int]:
-    steps = encoder.encode_images_in_steps(batch)
-    count = 0
-    while True:
-        try:
-            next(steps)
-            count += 1
-        except StopIteration as done:
-            return done.value, count
+    return run_steps(encoder.encode_images_in_steps(batch))
 
 
 def test_image_vectors_match_torch_float32_of_the_same_weights(
@@ -174,16 +168,9 @@ def test_a_stepwise_pass_in_slices_gives_the_whole_passs_vectors(
 ) -> None:
     """Each step on slices of 4 of the 6 rows (a full slice and a short one), a yield
     between slices; a query between two slices changes nothing."""
-    steps = encoder.encode_images_in_steps(images, lambda: 4)
-    taken = 0
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            sliced = done.value
-            break
-        taken += 1
-        encoder.encode_images(images[:1])
+    sliced, taken = run_steps(
+        encoder.encode_images_in_steps(images, lambda: 4), lambda: encoder.encode_images(images[:1])
+    )
     assert taken == 14 * 2 - 1  # the 14 steps in two slices each
     assert (sliced * encoder.encode_images(images)).sum(axis=1).min() >= 0.9999
     whole, _ = stepwise(encoder, images)
