@@ -26,7 +26,8 @@ class EmbedderSettings(BaseSettings):
         default=16,
         ge=1,
         description="Most image rows in one bulk forward pass. A search waits for at most "
-        "one step of a bulk pass (one transformer block), so this bounds how long: on the "
+        "one step of a bulk pass (one transformer block; a slice of one while searches "
+        "come, see search_step_rows), so this bounds how long: on the "
         "2-core dev machine with OpenVINO, 16 rows ran at 42-43 img/s with 36 ms steps and "
         "32 rows at 43-44 img/s with 67 ms steps, and a search's p50/p99 under bulk "
         "indexing fell from 143/323 to 98/172 ms. On a GPU, pick it with bench/gpu.py.",
