@@ -221,7 +221,7 @@ class MicroBatcher:
         wait = self.max_wait_s if queue is self._bulk else self.urgent_wait_s
         deadline = queue[0].arrived + wait
         while len(queue) < self._limit(queue):
-            if queue is self._bulk and (self._urgent or self._texts):
+            if queue is self._bulk and self._urgent_waits():
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:

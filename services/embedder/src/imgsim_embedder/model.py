@@ -26,10 +26,11 @@ setting (``auto``: OpenVINO on the CPU, torch on a GPU). Decisions:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Generator
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +54,7 @@ Vectors = npt.NDArray[np.float32]
 Steps = Generator[None, None, Vectors]
 # How many rows a step of a stepwise pass runs at a time, asked before each step (0: all).
 SliceRows = Callable[[], int]
+P = TypeVar("P")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -228,21 +230,10 @@ class ClipEncoder:
         rows_at = 0 if visual.transformer.batch_first else 1
         for block in blocks:
             yield
-            rows = slice_rows() if slice_rows else 0
-            count = x.shape[rows_at]
-            if not 0 < rows < count:
-                with torch.inference_mode():
-                    x = block(x, attn_mask=None)
-                continue
-            parts = []
-            for start in range(0, count, rows):
-                if start:
-                    yield
-                with torch.inference_mode():
-                    part = x.narrow(rows_at, start, min(rows, count - start))
-                    parts.append(block(part, attn_mask=None))
+            run = functools.partial(_block_on_rows, block, x, rows_at)
+            parts = yield from step_on_rows(x.shape[rows_at], slice_rows, run)
             with torch.inference_mode():
-                x = torch.cat(parts, dim=rows_at)
+                x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=rows_at)
         yield
         with torch.inference_mode():
             if not visual.transformer.batch_first:
@@ -257,6 +248,30 @@ class ClipEncoder:
             tokens = self._tokenizer(texts).to(self._device)
             features = self._model.encode_text(tokens)
             return _normalised(features)
+
+
+def step_on_rows(
+    count: int, slice_rows: SliceRows | None, run: Callable[[int, int], P]
+) -> Generator[None, None, list[P]]:
+    """One step of a stepwise pass over ``count`` rows: ``run(start, stop)`` once on all of
+    them, or on slices of ``slice_rows()`` rows (asked now) with a yield between two; the
+    parts, in row order."""
+    rows = slice_rows() if slice_rows else 0
+    if not 0 < rows < count:
+        rows = count
+    parts = []
+    for start in range(0, count, rows):
+        if start:
+            yield
+        parts.append(run(start, min(start + rows, count)))
+    return parts
+
+
+def _block_on_rows(
+    block: torch.nn.Module, x: torch.Tensor, rows_at: int, start: int, stop: int
+) -> torch.Tensor:
+    with torch.inference_mode():
+        return cast(torch.Tensor, block(x.narrow(rows_at, start, stop - start), attn_mask=None))
 
 
 def _normalised(features: torch.Tensor) -> Vectors:

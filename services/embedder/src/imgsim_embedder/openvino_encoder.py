@@ -30,6 +30,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -57,6 +58,7 @@ from imgsim_embedder.model import (
     Vectors,
     cpu_has_bf16,
     create_model,
+    step_on_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -329,22 +331,22 @@ class OpenVinoEncoder:
         for i, request in enumerate(self._steps):
             if i:
                 yield
-            rows = slice_rows() if slice_rows else 0
-            if not 0 < rows < x.shape[0]:
-                x = request.infer({0: x}, share_inputs=True, share_outputs=True)[0]
-                continue
-            parts = []
-            for start in range(0, x.shape[0], rows):
-                if start:
-                    yield
-                part = request.infer({0: x[start : start + rows]}, share_inputs=True)[0]
-                parts.append(np.array(part))
-            x = np.concatenate(parts)
+            run = functools.partial(_infer_rows, request, x)
+            parts = yield from step_on_rows(x.shape[0], slice_rows, run)
+            x = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return _normalised(x)
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         tokens = self._tokenizer(list(texts)).numpy()
         return _normalised(self._text.infer({0: tokens})[0])
+
+
+def _infer_rows(request: ov.InferRequest, x: Any, start: int, stop: int) -> Any:
+    """A step on rows ``start:stop`` of ``x``. All of them: the output stays where the
+    request wrote it. A slice: copied out, since the request's next slice overwrites it."""
+    if stop - start == x.shape[0]:
+        return request.infer({0: x}, share_inputs=True, share_outputs=True)[0]
+    return np.array(request.infer({0: x[start:stop]}, share_inputs=True)[0])
 
 
 def _precision(dtype: str) -> str:
