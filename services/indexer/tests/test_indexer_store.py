@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import qdrant_edge as qe
 from indexer_samples import DIM, edge_settings, make_point, unit_vector
 from qdrant_client import AsyncQdrantClient
 
 from imgsim_core.settings import QdrantSettings
 from imgsim_indexer.app import open_store
+from imgsim_indexer.edge_setup import edge_config
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import StoreConfigError, StoreNotOpenError
 from imgsim_indexer.server_store import ServerStore
@@ -109,6 +114,58 @@ async def test_edge_reopen_keeps_data(tmp_path: Path) -> None:
         assert (tmp_path / "edge" / "images" / "CURRENT").read_text() == "images_v1"
     finally:
         await again.close()
+
+
+_WRITE_AND_DIE = """
+import asyncio, os, sys
+from indexer_samples import DIM, edge_settings, make_point
+from pathlib import Path
+from imgsim_indexer.edge_store import EdgeStore
+
+async def main():
+    store = EdgeStore(edge_settings(Path(sys.argv[1])), DIM)
+    await store.open()
+    await store.upsert([make_point(f"img-{i}", i) for i in range(20)])
+    await store.delete(["img-3"])
+    os._exit(0)  # no close: as a kill would leave it
+
+asyncio.run(main())
+"""
+
+
+async def test_a_new_edge_shard_keeps_no_log_and_its_flushed_writes_outlive_the_process(
+    tmp_path: Path,
+) -> None:
+    """Kafka is the log: a write is flushed before the offsets may be committed."""
+    tests = Path(__file__).parent
+    command = [sys.executable, "-c", _WRITE_AND_DIE, str(tmp_path)]
+    await asyncio.to_thread(subprocess.run, command, cwd=tests, check=True)
+    shard = (tmp_path / "edge" / "images" / "images_v1").resolve()
+    assert sorted(p.name for p in shard.iterdir()) == ["edge_config.json", "segments"]
+    again = EdgeStore(edge_settings(tmp_path), DIM)
+    await again.open()
+    try:
+        assert await again.count() == 19
+        hits = await again.search(unit_vector(5), top_k=1, threshold=None, with_metadata=True)
+        assert hits[0].image_id == "img-5"
+    finally:
+        await again.close()
+
+
+async def test_an_edge_shard_made_with_a_log_keeps_it_and_takes_writes(tmp_path: Path) -> None:
+    """Qdrant Edge fixes the log at creation; a shard of an older version loads as it is."""
+    settings = edge_settings(tmp_path)
+    old = tmp_path / "edge" / "images" / "images_v1"  # the layout before generations
+    old.mkdir(parents=True)
+    qe.EdgeShard.create(str(old), edge_config(DIM, settings.index, wal=True)).close()
+    store = EdgeStore(settings, DIM)
+    await store.open()
+    try:
+        await store.upsert([make_point(f"img-{i}", i) for i in range(5)])
+        assert await store.count() == 5
+        assert (old.resolve() / "wal").is_dir()
+    finally:
+        await store.close()
 
 
 async def test_edge_reopen_with_another_dim_fails(tmp_path: Path) -> None:
