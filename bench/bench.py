@@ -52,12 +52,13 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 import torch
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka import KafkaBroker
 from PIL import Image
 
 from imgsim_core.images import decode_rgb
 from imgsim_core.kafka import ensure_topics, make_producer
 from imgsim_core.requestreply import Requester
+from imgsim_core.responders import Received, received
 from imgsim_core.settings import ImageLimits, KafkaSettings, ModelSettings, QdrantSettings
 from imgsim_devstack.otlp import OtlpReceiver, ReceivedSpan
 from imgsim_devstack.processes import free_port
@@ -731,8 +732,9 @@ async def bench_roundtrip(report: Report, bootstrap: str, searches: int) -> None
     requester sends a ~96 KB query, a relay on the queries topic (the embedder's place)
     publishes ~3 KB to the searches topic, and a responder there (the indexer's place)
     answers ~1 KB to the reply topic. All three run in this process, with the services'
-    latency settings; the rate at concurrency 32 is a floor of what the broker and the
-    clients carry without the model."""
+    latency settings and their handlers' form (the message from the ``received``
+    decoder); the rate at concurrency 32 is a floor of what the broker and the clients
+    carry without the model."""
     settings = KafkaSettings(
         bootstrap_servers=bootstrap, topic_prefix=f"rr{uuid.uuid4().hex[:6]}.", partitions=6
     )
@@ -744,9 +746,9 @@ async def bench_roundtrip(report: Report, bootstrap: str, searches: int) -> None
 
     @broker.subscriber(
         topics.queries, group_id=f"{topics.queries}-relay", fetch_max_wait_ms=wait_ms,
-        auto_offset_reset="earliest", max_workers=16, no_reply=True,
+        auto_offset_reset="earliest", max_workers=16, no_reply=True, decoder=received,
     )  # fmt: skip
-    async def relay(message: KafkaMessage) -> None:
+    async def relay(message: Received) -> None:
         await broker.publish(
             vector, topics.searches, correlation_id=message.correlation_id,
             reply_to=message.reply_to,
@@ -754,9 +756,9 @@ async def bench_roundtrip(report: Report, bootstrap: str, searches: int) -> None
 
     @broker.subscriber(
         topics.searches, group_id=f"{topics.searches}-answer", fetch_max_wait_ms=wait_ms,
-        auto_offset_reset="earliest", max_workers=16,
+        auto_offset_reset="earliest", max_workers=16, decoder=received,
     )  # fmt: skip
-    async def respond(message: KafkaMessage) -> bytes:
+    async def respond(message: Received) -> bytes:
         return answer
 
     await broker.start()

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
+import anyio.to_thread
 import pytest
 from aiokafka import AIOKafkaProducer
 from embedder_fakes import FakeEncoder
 from faststream.kafka import KafkaBroker, TestKafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from PIL import Image
 
 from imgsim_core.contracts import (
@@ -29,6 +29,7 @@ from imgsim_core.contracts import (
     unpack_vector,
 )
 from imgsim_core.kafka import now_ms
+from imgsim_core.responders import Received, received
 from imgsim_core.topics import Header
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
@@ -68,16 +69,17 @@ async def harness() -> AsyncIterator[Harness]:
     pool = PreprocessPool(1)
     holder.set(EmbedderState(encoder, batcher, pool, cast(AIOKafkaProducer, producer)))
     broker = KafkaBroker()
-    broker.include_router(build_router(SETTINGS, holder))
+    broker.include_router(build_router(SETTINGS, holder, broker))
     h = Harness(broker, producer)
 
-    @broker.subscriber(TOPICS.searches, no_reply=True)  # the indexer would reply
-    async def searches(body: VectorSearchRequested, message: KafkaMessage) -> None:
+    @broker.subscriber(TOPICS.searches, no_reply=True, decoder=received)  # the indexer's place
+    async def searches(message: Received) -> None:
+        body = VectorSearchRequested.model_validate_json(message.body)
         h.searches.append((body, message.correlation_id, message.reply_to))
 
-    @broker.subscriber("replies.test")
-    async def replies(body: SearchReplied, message: KafkaMessage) -> None:
-        h.replies.append((body, message.correlation_id))
+    @broker.subscriber("replies.test", decoder=received)
+    async def replies(message: Received) -> None:
+        h.replies.append((SearchReplied.model_validate_json(message.body), message.correlation_id))
 
     async with TestKafkaBroker(broker):
         yield h
@@ -101,6 +103,27 @@ async def test_a_query_goes_to_searches_with_its_reply_address(harness: Harness)
     assert (cid, reply_to) == ("cid-1", "replies.test")
     assert (search.top_k, search.model_id) == (5, "fake/test")
     assert harness.replies == []
+
+
+async def test_queries_are_taken_without_a_thread_hop(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fast_depends resolves each FastStream ``Context`` parameter (``KafkaMessage``,
+    ``KafkaBroker``) on a worker thread, a hop each per message; the query handler takes
+    the message from its decoder instead."""
+    hops: list[Callable[..., Any]] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    await ask(harness, SearchRequested(image=png(), deadline_ms=now_ms() + 5000))
+    await ask(harness, SearchRequested(image="@@@", deadline_ms=now_ms() + 5000))
+
+    assert (len(harness.searches), len(harness.replies)) == (1, 1)
+    assert hops == []
 
 
 async def test_a_bad_query_is_answered_with_an_error(harness: Harness) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import anyio.to_thread
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from indexer_samples import DIM, MODEL, make_point, unit_vector
@@ -64,6 +66,28 @@ async def test_search_replies_with_hits(broker: KafkaBroker) -> None:
     assert [h.image_id for h in reply.hits][:1] == ["img-4"]
     assert len(reply.hits) == 3
     assert reply.hits[0].metadata == {"seed": 4}
+
+
+async def test_responders_take_their_message_without_a_thread_hop(
+    broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fast_depends resolves each FastStream ``Context`` parameter (``KafkaMessage``,
+    ``KafkaBroker``) on a worker thread, a hop each per message; the responders take the
+    message from their decoder instead."""
+    hops: list[Callable[..., Any]] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    await broker.request(search_request(4), TOPICS.searches, timeout=5)
+    status = StatusRequested(deadline_ms=now_ms() + 5_000)
+    response = await broker.request(status, TOPICS.status, timeout=5)
+
+    assert IndexerStatus.model_validate_json(response.body).indexed == 10
+    assert hops == []
 
 
 async def test_search_with_wrong_dim_replies_an_error(broker: KafkaBroker) -> None:

@@ -89,7 +89,7 @@ def create_app(settings: EmbedderSettings) -> FastStream:
         max_request_size=max_request_size(settings.kafka),
         **broker_logging(),
     )
-    broker.include_router(build_router(settings, holder))
+    broker.include_router(build_router(settings, holder, broker))
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:

@@ -1,6 +1,7 @@
 """FastStream handlers: images → vectors (bulk), queries → vector searches (latency).
 
-``build_router(settings, state)`` returns a :class:`KafkaRouter` with two subscribers:
+``build_router(settings, holder, broker)`` returns a :class:`KafkaRouter` with two
+subscribers:
 
 - **images** (batch): the raw aiokafka records are read from ``message.raw_message``
   because a null value is a tombstone. :func:`~imgsim_embedder.embedding.embed_records`
@@ -15,9 +16,11 @@
   ``model_retries`` times with exponential backoff; if it persists, the images are tried
   one by one and those that still fail are dead-lettered as ``model_error: …``, so a
   batch is never redelivered forever.
-- **queries**: the body arrives as raw bytes (the ``raw_body`` decoder) and is validated
-  in the handler (:func:`imgsim_core.responders.decode_request`, the responders' one
-  decoder), so a malformed query is answered with a ``bad_request``
+- **queries**: the message arrives as :class:`~imgsim_core.responders.Received` (its
+  bytes and headers, from the ``received`` decoder: no thread hop for FastStream's
+  ``Context``) and is validated in the handler
+  (:func:`imgsim_core.responders.decode_request`, the responders' one decoder), so a
+  malformed query is answered with a ``bad_request``
   :class:`SearchReplied` on ``reply_to`` rather than rejected by FastStream (which would
   leave the gateway waiting for its timeout). A query whose deadline has passed is
   dropped; otherwise the image or the text is embedded as urgent work and a
@@ -25,7 +28,8 @@
   published to the searches topic with the incoming ``correlation_id`` and ``reply_to``
   (and ``deadline`` header), so the indexer answers the gateway directly.
   ``no_reply=True`` keeps FastStream from sending the handler's return value to
-  ``reply_to`` itself. ``max_workers`` lets several queries wait in the batcher together.
+  ``reply_to`` itself; an error reply is published through the ``broker`` the router is
+  built with. ``max_workers`` lets several queries wait in the batcher together.
 
 The router is built by :func:`build_router` rather than declared at module level for
 the reason the indexer's is (:mod:`imgsim_indexer.handlers`): topic names and groups
@@ -40,9 +44,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from faststream import AckPolicy
-from faststream.kafka import KafkaRouter
-from faststream.kafka.annotations import KafkaBroker, KafkaMessage
-from faststream.kafka.message import KafkaMessage as RawKafkaMessage
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 
 from imgsim_core.contracts import (
@@ -56,7 +59,7 @@ from imgsim_core.kafka import (
     produce_all,
     safe_batch_parser,
 )
-from imgsim_core.responders import BadRequestError, decode_request
+from imgsim_core.responders import BadRequestError, Received, decode_request, received
 from imgsim_core.topics import CONTRACT_VERSION, Header
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.embedding import embed_query, embed_records
@@ -95,12 +98,10 @@ class StateHolder:
         return self._state
 
 
-async def raw_body(message: RawKafkaMessage) -> bytes:
-    """FastStream decoder that leaves the body as bytes, for the handler to validate."""
-    return message.body
-
-
-def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter:
+def build_router(
+    settings: EmbedderSettings, holder: StateHolder, broker: KafkaBroker
+) -> KafkaRouter:
+    """The embedder's subscribers; a query's error reply goes out through ``broker``."""
     topics = settings.kafka.topics
     limits = settings.limits
     router = KafkaRouter()
@@ -157,14 +158,14 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
         max_workers=settings.query_concurrency,
         **settings.kafka.membership,
         no_reply=True,
-        decoder=raw_body,
+        decoder=received,
         title="queries",
         description=(
             "Searches that need an embedding: a SearchRequested JSON body; headers "
             "correlation_id, reply_to."
         ),
     )
-    async def on_query(body: bytes, message: KafkaMessage, broker: KafkaBroker) -> None:
+    async def on_query(message: Received) -> None:
         forward = {Header.CONTRACT: CONTRACT_VERSION}
         if deadline := message.headers.get(Header.DEADLINE):
             forward[Header.DEADLINE] = str(deadline)
@@ -181,7 +182,7 @@ def build_router(settings: EmbedderSettings, holder: StateHolder) -> KafkaRouter
                 )
 
         try:  # the deadline header is read before the image is parsed: it costs nothing
-            query = decode_request(message.headers, body, SearchRequested)
+            query = decode_request(message.headers, message.body, SearchRequested)
         except BadRequestError as exc:
             await reply_error(exc.reason, exc.code)
             return

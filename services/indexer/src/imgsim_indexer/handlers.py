@@ -8,7 +8,9 @@
   Redis (:mod:`imgsim_indexer.cache`; a Redis failure is logged, never fails the batch).
 - ``search``, ``lookup`` and ``status`` are request/reply responders: FastStream
   publishes the returned model to the request's ``reply_to`` topic with its
-  ``correlation_id``. They take the raw message and decode it with
+  ``correlation_id``. They take the message as
+  :class:`~imgsim_core.responders.Received` (its bytes and headers, with no thread hop
+  for FastStream's ``Context``) and decode it with
   :func:`imgsim_core.responders.decode_request`, so a malformed request gets an error
   reply (``bad_request``) instead of leaving the asker waiting for its timeout. A
   request past its deadline is dropped by raising ``AckMessage``, the one way to end a
@@ -60,7 +62,7 @@ from imgsim_core.contracts import (
 )
 from imgsim_core.kafka import produce_all, safe_batch_parser
 from imgsim_core.redisclient import generation_key
-from imgsim_core.responders import BadRequestError, decode_request
+from imgsim_core.responders import BadRequestError, Received, decode_request, received
 from imgsim_indexer import answers
 from imgsim_indexer.cache import bump_generation
 from imgsim_indexer.errors import (
@@ -118,6 +120,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=kafka.latency_fetch_max_wait_ms,
             **kafka.membership,
+            decoder=received,
             title=name,
             description=description,
         )
@@ -168,7 +171,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
     @responder(
         topics.searches, "search", "VectorSearchRequested JSON → SearchReplied (to reply_to)."
     )
-    async def search(message: KafkaMessage) -> SearchReplied:
+    async def search(message: Received) -> SearchReplied:
         try:
             request = decode_request(message.headers, message.body, VectorSearchRequested)
         except BadRequestError as exc:
@@ -180,7 +183,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         return await answers.search(state.collections, request, settings.dim)
 
     @responder(topics.lookups, "lookup", "LookupRequested JSON → ImageRecord (to reply_to).")
-    async def lookup(message: KafkaMessage) -> ImageRecord:
+    async def lookup(message: Received) -> ImageRecord:
         try:
             request = decode_request(message.headers, message.body, LookupRequested)
         except BadRequestError as exc:
@@ -192,7 +195,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         return await answers.lookup(state.collections, request)
 
     @responder(topics.duplicates, "duplicates", "DuplicatesRequested JSON → DuplicatesReplied.")
-    async def duplicates(message: KafkaMessage) -> DuplicatesReplied:
+    async def duplicates(message: Received) -> DuplicatesReplied:
         try:
             request = decode_request(message.headers, message.body, DuplicatesRequested)
         except BadRequestError as exc:
@@ -204,7 +207,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         return await answers.duplicates(state.collections, request)
 
     @responder(topics.status, "status", "StatusRequested JSON → IndexerStatus (to reply_to).")
-    async def status(message: KafkaMessage) -> IndexerStatus:
+    async def status(message: Received) -> IndexerStatus:
         error: str | None = None
         try:
             if decode_request(message.headers, message.body, StatusRequested) is None:
@@ -229,7 +232,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
     @responder(
         topics.admin, "admin", "ReindexRequested JSON (start, status, drop_old) → ReindexStatus."
     )
-    async def admin(message: KafkaMessage) -> ReindexStatus:
+    async def admin(message: Received) -> ReindexStatus:
         store = state.collections.live
         try:
             request = decode_request(message.headers, message.body, ReindexRequested)
