@@ -91,3 +91,16 @@ def test_a_stepwise_pass_in_slices_gives_the_same_vectors(
     assert len(asked) == 12  # once a residual block
     assert taken == 13 + 6 * 2  # six of the blocks in three slices of the 8 rows
     np.testing.assert_allclose(sliced, encoder.encode_images(images), atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_torch_keeps_one_cpu_thread() -> None:
+    """The model runs on the GPU; on the CPU torch only prepares tensors, and its idle
+    OpenMP threads would spin beside the preprocessing pool's."""
+    threads = torch.get_num_threads()
+    try:
+        ClipEncoder.load(ModelSettings(weights="random", device="cuda"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

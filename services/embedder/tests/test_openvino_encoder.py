@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,15 @@ from imgsim_embedder.testimages import distinct_images
 pytestmark = pytest.mark.slow
 
 TEXTS = ["a photo of a cat", "a red car", "two dogs on a beach"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_threads() -> Iterator[None]:
+    """Loading the encoder leaves torch one thread, for the whole process; the tests of
+    the other modules get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +94,11 @@ def test_the_stepwise_pass_gives_the_whole_passs_vectors(
     assert (vectors * encoder.encode_images(images)).sum(axis=1).min() >= 0.9999
     one, _ = stepwise(encoder, images[:1])  # any batch size, alone or batched
     assert float((one[0] * vectors[0]).sum()) >= 0.9999
+
+
+def test_torch_keeps_one_thread_once_the_towers_are_compiled(encoder: OpenVinoEncoder) -> None:
+    """Torch only prepares tensors then; its idle OpenMP threads spun beside the model."""
+    assert torch.get_num_threads() == 1
 
 
 def test_text_vectors_match_torch_float32(encoder: OpenVinoEncoder, reference: ClipEncoder) -> None:

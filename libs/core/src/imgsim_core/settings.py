@@ -153,7 +153,10 @@ class ModelSettings(BaseModel):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     threads: int = Field(
-        default=0, ge=0, description="Inference threads (torch's or OpenVINO's); 0 = theirs."
+        default=0,
+        ge=0,
+        description="Inference threads (torch's or OpenVINO's); 0 = theirs. Where the model "
+        "runs on OpenVINO or a GPU, torch keeps one thread: it only prepares tensors.",
     )
     runtime: Literal["auto", "torch", "openvino"] = Field(
         default="auto",

@@ -26,6 +26,9 @@ Decisions:
   price of preemptible bulk passes beside the faster whole pass for queries.
 - Everything runs on the batcher's one inference thread: an infer request is not
   thread-safe, and each kind has its own.
+- Once the towers are compiled, torch only prepares tensors (the eval transform, the
+  batch's stack), and it does that on one thread (:func:`~imgsim_embedder.model.
+  prepare_on_one_thread`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from imgsim_embedder.model import (
     Vectors,
     cpu_has_bf16,
     create_model,
+    prepare_on_one_thread,
     step_on_rows,
 )
 
@@ -298,6 +302,7 @@ class OpenVinoEncoder:
         dim = int(model.text_projection.shape[1])
         compiled = _compiled(settings, model, tokenizer, config)
         del model  # the torch model is not needed once compiled: ~600 MB
+        prepare_on_one_thread()
         encoder = cls(
             compiled, transform, tokenizer, model_id=settings.model_id, dim=dim,
             precision=precision,
