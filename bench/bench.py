@@ -60,6 +60,7 @@ from imgsim_core.kafka import ensure_topics, make_producer
 from imgsim_core.requestreply import Requester
 from imgsim_core.responders import Received, received
 from imgsim_core.settings import ImageLimits, KafkaSettings, ModelSettings, QdrantSettings
+from imgsim_core.telemetry import broker_logging
 from imgsim_devstack.otlp import OtlpReceiver, ReceivedSpan
 from imgsim_devstack.processes import free_port
 from imgsim_devstack.stack import LocalStack, StackConfig
@@ -143,7 +144,7 @@ def bench_model(report: Report, seconds: float) -> None:
     bulk = embedder.max_batch
     jpegs = [photo(i) for i in range(bulk)]
     tensors = [encoder.preprocess(decode_rgb(j, LIMITS)) for j in jpegs]
-    section = f"model {_runtime(encoder)}, {torch.get_num_threads()} threads"
+    section = f"model {_runtime(encoder)}"
     for batch in sorted({1, 8, 16, bulk}):
         x = torch.stack([tensors[i % len(tensors)] for i in range(batch)])
         took = timed(functools.partial(encoder.encode_images, x), seconds)
@@ -177,8 +178,8 @@ def bench_model(report: Report, seconds: float) -> None:
 
 def _runtime(encoder: ImageEncoder) -> str:
     if isinstance(encoder, ClipEncoder):
-        return f"torch {encoder.dtype}".replace("torch.", "")
-    return f"OpenVINO {getattr(encoder, 'precision', '')}"
+        return f"torch {encoder.dtype}, {torch.get_num_threads()} threads".replace("torch.", "")
+    return f"OpenVINO {getattr(encoder, 'precision', '')}, {os.cpu_count()} cores"
 
 
 # ----------------------------------------------------------------------------- 2. ceilings
@@ -740,7 +741,7 @@ async def bench_roundtrip(report: Report, bootstrap: str, searches: int) -> None
     )
     topics = settings.topics
     await ensure_topics(settings)
-    broker = KafkaBroker(bootstrap)
+    broker = KafkaBroker(bootstrap, **broker_logging())  # the workers' logging, as they have it
     wait_ms = settings.latency_fetch_max_wait_ms
     vector, answer = b"v" * 3 * 1024, b"a" * 1024
 
