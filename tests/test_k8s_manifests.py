@@ -38,6 +38,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from faststream.kafka import KafkaBroker
 
 from imgsim_embedder.handlers import StateHolder
 from imgsim_embedder.handlers import build_router as embedder_router
@@ -286,7 +287,7 @@ def subscribers(
     settings: EmbedderSettings | IndexerSettings
     if service == "embedder":
         settings = EmbedderSettings()
-        router = embedder_router(settings, StateHolder())
+        router = embedder_router(settings, StateHolder(), KafkaBroker())
     else:
         settings = IndexerSettings()
         router = indexer_router(
