@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
-import anyio.to_thread
 import pytest
 from aiokafka import AIOKafkaProducer
 from embedder_fakes import FakeEncoder
@@ -31,6 +30,7 @@ from imgsim_core.contracts import (
 from imgsim_core.kafka import now_ms
 from imgsim_core.responders import Received, received
 from imgsim_core.topics import Header
+from imgsim_devstack.threadhops import worker_thread_calls
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
 from imgsim_embedder.preprocessing import PreprocessPool
@@ -105,22 +105,12 @@ async def test_a_query_goes_to_searches_with_its_reply_address(harness: Harness)
     assert harness.replies == []
 
 
-async def test_queries_are_taken_without_a_thread_hop(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """fast_depends resolves each FastStream ``Context`` parameter (``KafkaMessage``,
-    ``KafkaBroker``) on a worker thread, a hop each per message; the query handler takes
-    the message from its decoder instead."""
-    hops: list[Callable[..., Any]] = []
-    run_sync = anyio.to_thread.run_sync
-
-    async def counted(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        hops.append(func)
-        return await run_sync(func, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    await ask(harness, SearchRequested(image=png(), deadline_ms=now_ms() + 5000))
-    await ask(harness, SearchRequested(image="@@@", deadline_ms=now_ms() + 5000))
+async def test_queries_are_taken_without_a_thread_hop(harness: Harness) -> None:
+    """The query handler takes its message from its decoder, not from FastStream's
+    ``Context`` (a worker-thread hop per parameter per message)."""
+    with worker_thread_calls() as hops:
+        await ask(harness, SearchRequested(image=png(), deadline_ms=now_ms() + 5000))
+        await ask(harness, SearchRequested(image="@@@", deadline_ms=now_ms() + 5000))
 
     assert (len(harness.searches), len(harness.replies)) == (1, 1)
     assert hops == []

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import anyio.to_thread
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from indexer_samples import DIM, MODEL, make_point, unit_vector
@@ -21,6 +19,7 @@ from imgsim_core.contracts import (
 )
 from imgsim_core.kafka import now_ms
 from imgsim_core.settings import QdrantSettings
+from imgsim_devstack.threadhops import worker_thread_calls
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.handlers import IndexerState, build_router
 from imgsim_indexer.serving import Collections
@@ -68,23 +67,13 @@ async def test_search_replies_with_hits(broker: KafkaBroker) -> None:
     assert reply.hits[0].metadata == {"seed": 4}
 
 
-async def test_responders_take_their_message_without_a_thread_hop(
-    broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """fast_depends resolves each FastStream ``Context`` parameter (``KafkaMessage``,
-    ``KafkaBroker``) on a worker thread, a hop each per message; the responders take the
-    message from their decoder instead."""
-    hops: list[Callable[..., Any]] = []
-    run_sync = anyio.to_thread.run_sync
-
-    async def counted(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        hops.append(func)
-        return await run_sync(func, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    await broker.request(search_request(4), TOPICS.searches, timeout=5)
-    status = StatusRequested(deadline_ms=now_ms() + 5_000)
-    response = await broker.request(status, TOPICS.status, timeout=5)
+async def test_responders_take_their_message_without_a_thread_hop(broker: KafkaBroker) -> None:
+    """The responders take their message from their decoder, not from FastStream's
+    ``Context`` (a worker-thread hop per parameter per message)."""
+    with worker_thread_calls() as hops:
+        await broker.request(search_request(4), TOPICS.searches, timeout=5)
+        status = StatusRequested(deadline_ms=now_ms() + 5_000)
+        response = await broker.request(status, TOPICS.status, timeout=5)
 
     assert IndexerStatus.model_validate_json(response.body).indexed == 10
     assert hops == []
