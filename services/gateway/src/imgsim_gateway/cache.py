@@ -6,12 +6,13 @@
 - **Results** are keyed by a hash of the query and every parameter (``top_k``,
   ``threshold``, ``filter``, ``include_metadata``), and each holds the *generation* it
   was computed at: a counter the indexer increments after every write batch it has
-  applied. A lookup reads the generation and the result in one ``MGET`` (one round trip)
-  and takes the result only if its generation is the current one; a search stores its
+  applied. A lookup reads the generation, the result and the query's embedding (for the
+  model the gateway last knew) in one ``MGET`` (one round trip) and takes the result only
+  if its generation is the current one; a search stores its
   result with the generation it read before asking. Once a write lands the generation
   moves on and older results are never served again (they expire with their TTL, or the
   next search overwrites them). So a cached result is never served after a write it does
-  not reflect. (``MGET`` needs both keys on one node: a single Redis, or a primary with
+  not reflect. (``MGET`` needs its keys on one node: a single Redis, or a primary with
   replicas; not Redis Cluster.)
 - **Redis down** means no cache: every call here turns a Redis error into a miss (logged
   at most every 30 s) and never fails a search.
@@ -48,6 +49,8 @@ _HITS = TypeAdapter(list[SearchHit])
 class ResultLookup:
     hits: list[SearchHit] | None
     generation: int | None  # None: Redis unavailable, do not store the result
+    embedding: str | None = None  # the query's packed vector, for ``embedding_model``
+    embedding_model: str | None = None  # the model it was looked up for (None: not asked)
 
 
 @dataclass
@@ -86,13 +89,23 @@ class SearchCache:
         return f"{self.prefix}result:{self._digest(query, encoded)}"
 
     async def get_result(
-        self, subject: bytes | None, like_id: str | None, params: dict[str, Any]
+        self,
+        subject: bytes | None,
+        like_id: str | None,
+        params: dict[str, Any],
+        embedding_model: str | None = None,
     ) -> ResultLookup:
+        """The result cached for this query, and with ``embedding_model`` the query's
+        embedding for that model, in one round trip."""
         if self.result_ttl_s <= 0:
             return ResultLookup(None, None)
-        key = self._result_key(subject, like_id, params)
+        keys = [self.generation_key, self._result_key(subject, like_id, params)]
+        if subject is not None and embedding_model is not None and self.embedding_ttl_s > 0:
+            keys.append(self._embedding_key(subject, embedding_model))
+        else:
+            embedding_model = None
         try:
-            current, raw = await self.redis.mget(self.generation_key, key)
+            current, raw, *embedding = await self.redis.mget(keys)
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
             return ResultLookup(None, None)
@@ -100,7 +113,11 @@ class SearchCache:
         stored, _, hits = _bytes(raw).partition(b":")
         fresh = raw is not None and stored == str(generation).encode()
         self._count("result", fresh)
-        return ResultLookup(_HITS.validate_json(hits) if fresh else None, generation)
+        lookup = ResultLookup(_HITS.validate_json(hits) if fresh else None, generation)
+        if embedding_model is not None and not fresh:  # a fresh result needs no embedding
+            lookup.embedding = self._embedding(embedding[0])
+            lookup.embedding_model = embedding_model
+        return lookup
 
     def _embedding_key(self, subject: bytes, model_id: str) -> str:
         return f"{self.prefix}embedding:{self._digest(model_id.encode(), subject)}"
@@ -113,6 +130,9 @@ class SearchCache:
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
             return None
+        return self._embedding(raw)
+
+    def _embedding(self, raw: bytes | str | None) -> str | None:
         self._count("embedding", raw is not None)
         if raw is None:
             return None

@@ -106,6 +106,10 @@ class IndexerClient:
             raise BadRequestError(status.error)
         return status
 
+    def known_model_id(self) -> str | None:
+        """The model id of the last status, however old, without asking (None: none yet)."""
+        return self._status[1].model_id if self._status else None
+
     async def model_id(self) -> str | None:
         """The indexer's model id, refreshed at most every 30 s (keys the embedding cache)."""
         if self._status is None or time.monotonic() - self._status[0] > 30:

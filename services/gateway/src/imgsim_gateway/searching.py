@@ -105,7 +105,8 @@ class Searches:
         """Hits best first, and whether they came from the result cache."""
         params = options.model_dump()
         subject = query.cache_subject()
-        cached = await self.cache.get_result(subject, query.like_image_id, params)
+        known = self._indexer.known_model_id()  # no round trip: the embedding comes along
+        cached = await self.cache.get_result(subject, query.like_image_id, params, known)
         if cached.hits is not None:  # these exact bytes were validated when it was stored
             return cached.hits, True
         if query.image is not None:
@@ -116,7 +117,10 @@ class Searches:
         model_id = await self._indexer.model_id()
         timeout = self.settings.search_timeout_s
         deadline = now_ms() + int(timeout * 1000)
-        vector = await self.cache.get_embedding(subject, model_id)
+        if model_id is not None and model_id == cached.embedding_model:
+            vector = cached.embedding
+        else:  # the model changed meanwhile, or was not known yet
+            vector = await self.cache.get_embedding(subject, model_id)
         request: BaseModel
         examples = {"positive": list(query.positive), "negative": list(query.negative)}
         if vector is not None or not query.needs_embedding:
