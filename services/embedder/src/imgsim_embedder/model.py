@@ -54,7 +54,7 @@ Vectors = npt.NDArray[np.float32]
 Steps = Generator[None, None, Vectors]
 # How many rows a step of a stepwise pass runs at a time, asked before each step (0: all).
 SliceRows = Callable[[], int]
-P = TypeVar("P")
+Part = TypeVar("Part")  # what one run of a step on some rows gives
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -262,8 +262,8 @@ class ClipEncoder:
 
 
 def step_on_rows(
-    count: int, slice_rows: SliceRows | None, run: Callable[[int, int], P]
-) -> Generator[None, None, list[P]]:
+    count: int, slice_rows: SliceRows | None, run: Callable[[int, int], Part]
+) -> Generator[None, None, list[Part]]:
     """One step of a stepwise pass over ``count`` rows: ``run(start, stop)`` once on all of
     them, or on slices of ``slice_rows()`` rows (asked now) with a yield between two; the
     parts, in row order."""

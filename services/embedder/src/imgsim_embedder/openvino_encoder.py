@@ -27,8 +27,8 @@ Decisions:
 - Everything runs on the batcher's one inference thread: an infer request is not
   thread-safe, and each kind has its own.
 - Once the towers are compiled, torch only prepares tensors (the eval transform, the
-  batch's stack), and it does that on one thread (:func:`~imgsim_embedder.model.
-  prepare_on_one_thread`).
+  batch's stack), and it does that on one thread
+  (:func:`~imgsim_embedder.model.prepare_on_one_thread`).
 """
 
 from __future__ import annotations
