@@ -38,13 +38,19 @@ class KafkaSettings(BaseModel):
     # soon as a record arrives (fetch.min.bytes=1), so a long wait costs no latency and
     # saves the idle polling of short ones. Measured on 2 cores (bench/RESULTS.md): 5 ms
     # waits cost 64 % of a core while idle and p50 111-122 ms a search; 500 ms, 14 % and
-    # 87-93 ms. Brokers that hold every fetch for the full wait need a small value here.
-    latency_fetch_max_wait_ms: int = Field(default=500, ge=0)
+    # 87-93 ms. 5 s (both kinds of path) took the idle stack from 93-99 to 66-71 ms of CPU
+    # a second and search p50 at c=1 from 45.5 to 43.7 ms (medians of eight stacks): idle
+    # CPU is taken from the model's cores. Brokers that hold every fetch for the full wait
+    # need a small value here.
+    latency_fetch_max_wait_ms: int = Field(default=5000, ge=0)
     latency_linger_ms: int = Field(default=0, ge=0)
     # Bulk paths (images, vectors): the same holds. 50 ms waits cost the idle stack
     # 50 ms of CPU a second more than 500 ms (Kafka 88-95 against 63, the indexer 24
-    # against 15, the embedder 16 against 8), and the end-to-end rate was no lower.
-    bulk_fetch_max_wait_ms: int = Field(default=500, ge=0)
+    # against 15, the embedder 16 against 8), and the end-to-end rate was no lower. The
+    # one cost of a long wait: a batch that a worker seeks back to after an error (a
+    # store or broker fault) is fetched again when the fetch in flight ends, up to this
+    # long later on a topic that gets no new records.
+    bulk_fetch_max_wait_ms: int = Field(default=5000, ge=0)
     bulk_max_records: int = Field(default=64, ge=1)
     # A bulk consumer (images, vectors: FastStream batch subscribers) that finds no
     # records waits this long for some, and after an empty wait sleeps as long again
