@@ -206,3 +206,20 @@ async def test_a_text_query_is_forwarded_with_its_filter(harness: Harness) -> No
     assert search.vector is not None
     assert unpack_vector(search.vector).tolist() == [9.0, 1.0, 0.0, 0.0]
     assert harness.replies == []
+
+
+def test_the_queries_consumer_keeps_a_short_fetch_wait_and_the_images_one_the_bulk_wait() -> None:
+    """Query records carry images: a long fetch wait would stall a partition's next
+    queries behind a prefetch of the others (see ``KafkaSettings``)."""
+    settings = EmbedderSettings.model_validate(
+        {"kafka": {"query_fetch_max_wait_ms": 111, "latency_fetch_max_wait_ms": 5555,
+                   "bulk_fetch_max_wait_ms": 222}}
+    )  # fmt: skip
+    router = build_router(settings, StateHolder(), KafkaBroker())
+    waits = {
+        topic: subscriber._connection_args["fetch_max_wait_ms"]
+        for subscriber in cast(list[Any], router.subscribers)  # Kafka subscribers, untyped
+        for topic in subscriber.topic_names
+    }
+    topics = settings.kafka.topics
+    assert waits == {topics.queries: 111, topics.images: 222}

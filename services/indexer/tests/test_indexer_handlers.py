@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
@@ -130,3 +131,23 @@ async def test_vectors_batch_upserts(broker: KafkaBroker, state: IndexerState) -
     assert stored is not None
     assert stored.metadata == {"k": "v"}
     assert await state.collections.live.count() == 11
+
+
+def test_responders_take_the_long_fetch_wait_and_the_vectors_consumer_the_bulk_one(
+    state: IndexerState,
+) -> None:
+    """Requests and replies are small records, so their consumers may wait long for them
+    (idle CPU); the vectors consumer, with its backlogs, keeps the bulk wait."""
+    settings = IndexerSettings.model_validate(
+        {"dim": DIM, "model": MODEL,
+         "kafka": {"latency_fetch_max_wait_ms": 5555, "bulk_fetch_max_wait_ms": 222}}
+    )  # fmt: skip
+    waits = {
+        topic: subscriber._connection_args["fetch_max_wait_ms"]
+        for subscriber in cast(list[Any], build_router(settings, state).subscribers)
+        for topic in subscriber.topic_names
+    }
+    topics = settings.kafka.topics
+    assert waits.pop(topics.vectors) == 222
+    assert {topics.searches, topics.lookups} <= waits.keys()
+    assert set(waits.values()) == {5555}

@@ -34,23 +34,28 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = "imgsim."
     partitions: int = Field(default=6, ge=1, description="Partitions of images and vectors.")
     replication_factor: int = Field(default=1, ge=1)
-    # Latency paths (queries, searches, replies, lookups): Apache Kafka answers a fetch as
-    # soon as a record arrives (fetch.min.bytes=1), so a long wait costs no latency and
-    # saves the idle polling of short ones. Measured on 2 cores (bench/RESULTS.md): 5 ms
-    # waits cost 64 % of a core while idle and p50 111-122 ms a search; 500 ms, 14 % and
-    # 87-93 ms. 5 s (both kinds of path) took the idle stack from 93-99 to 66-71 ms of CPU
-    # a second and search p50 at c=1 from 45.5 to 43.7 ms (medians of eight stacks): idle
-    # CPU is taken from the model's cores. Brokers that hold every fetch for the full wait
-    # need a small value here.
+    # Latency paths with small records (searches, replies, lookups, status, duplicates,
+    # admin): Apache Kafka answers a fetch as soon as a record arrives (fetch.min.bytes=1),
+    # so a long wait costs no latency and saves the idle polling of short ones. Measured on
+    # 2 cores (bench/RESULTS.md): 5 ms waits cost 64 % of a core while idle and p50 111-122
+    # ms a search; 500 ms, 14 % and 87-93 ms; 5 s here took the idle stack from 93-99 to
+    # 74 ms of CPU a second, CPU taken from the model's cores. Brokers that hold every
+    # fetch for the full wait need a small value here.
     latency_fetch_max_wait_ms: int = Field(default=5000, ge=0)
+    # The queries topic carries images, and bulk topics carry backlogs. There a long wait
+    # stalls: while a partition's records wait in the consumer for more than 100 ms (a
+    # model pass), aiokafka fetches the other partitions alone, and the partition's next
+    # records wait for that fetch to end, up to the whole wait when the others get none.
+    # Measured: 60 queries of 130 KB on a 6-partition topic, 20 ms of work each, the last
+    # done after 5.8 s with 5 s waits against 1.2 s with 0.5 s; the stack's end-to-end
+    # index rate with 5 s bulk waits 21.4-27.7 images/s against 29.0-32.3 (three stacks
+    # each, alternating).
+    query_fetch_max_wait_ms: int = Field(default=500, ge=0)
     latency_linger_ms: int = Field(default=0, ge=0)
-    # Bulk paths (images, vectors): the same holds. 50 ms waits cost the idle stack
-    # 50 ms of CPU a second more than 500 ms (Kafka 88-95 against 63, the indexer 24
-    # against 15, the embedder 16 against 8), and the end-to-end rate was no lower. The
-    # one cost of a long wait: a batch that a worker seeks back to after an error (a
-    # store or broker fault) is fetched again when the fetch in flight ends, up to this
-    # long later on a topic that gets no new records.
-    bulk_fetch_max_wait_ms: int = Field(default=5000, ge=0)
+    # Bulk paths (images, vectors): 50 ms waits cost the idle stack 50 ms of CPU a second
+    # more than 500 ms (Kafka 88-95 against 63, the indexer 24 against 15, the embedder 16
+    # against 8), and the end-to-end rate was no lower.
+    bulk_fetch_max_wait_ms: int = Field(default=500, ge=0)
     bulk_max_records: int = Field(default=64, ge=1)
     # A bulk consumer (images, vectors: FastStream batch subscribers) that finds no
     # records waits this long for some, and after an empty wait sleeps as long again
