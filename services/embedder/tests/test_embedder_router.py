@@ -208,13 +208,10 @@ async def test_a_text_query_is_forwarded_with_its_filter(harness: Harness) -> No
     assert harness.replies == []
 
 
-def test_the_queries_consumer_keeps_a_short_fetch_wait_and_the_images_one_the_bulk_wait() -> None:
-    """Query records carry images: a long fetch wait would stall a partition's next
-    queries behind a prefetch of the others (see ``KafkaSettings``)."""
+def test_the_queries_consumer_waits_as_the_latency_paths_and_the_images_one_as_bulk() -> None:
     settings = EmbedderSettings.model_validate(
-        {"kafka": {"query_fetch_max_wait_ms": 111, "latency_fetch_max_wait_ms": 5555,
-                   "bulk_fetch_max_wait_ms": 222}}
-    )  # fmt: skip
+        {"kafka": {"latency_fetch_max_wait_ms": 111, "bulk_fetch_max_wait_ms": 222}}
+    )
     router = build_router(settings, StateHolder(), KafkaBroker())
     waits = {
         topic: subscriber._connection_args["fetch_max_wait_ms"]

@@ -133,11 +133,9 @@ async def test_vectors_batch_upserts(broker: KafkaBroker, state: IndexerState) -
     assert await state.collections.live.count() == 11
 
 
-def test_responders_take_the_long_fetch_wait_and_the_vectors_consumer_the_bulk_one(
+def test_responders_take_the_latency_fetch_wait_and_the_vectors_consumer_the_bulk_one(
     state: IndexerState,
 ) -> None:
-    """Requests and replies are small records, so their consumers may wait long for them
-    (idle CPU); the vectors consumer, with its backlogs, keeps the bulk wait."""
     settings = IndexerSettings.model_validate(
         {"dim": DIM, "model": MODEL,
          "kafka": {"latency_fetch_max_wait_ms": 5555, "bulk_fetch_max_wait_ms": 222}}

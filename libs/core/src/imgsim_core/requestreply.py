@@ -51,7 +51,7 @@ class Requester:
         bootstrap_servers: str,
         reply_topic: str,
         *,
-        fetch_max_wait_ms: int = 5000,
+        fetch_max_wait_ms: int = 500,
         reply_retention_ms: int = 60_000,
         replication_factor: int = 1,
         send_timeout_s: float = 2.0,

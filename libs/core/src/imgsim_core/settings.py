@@ -34,27 +34,23 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = "imgsim."
     partitions: int = Field(default=6, ge=1, description="Partitions of images and vectors.")
     replication_factor: int = Field(default=1, ge=1)
-    # Latency paths with small records (searches, replies, lookups, status, duplicates,
-    # admin): Apache Kafka answers a fetch as soon as a record arrives (fetch.min.bytes=1),
-    # so a long wait costs no latency and saves the idle polling of short ones. Measured on
-    # 2 cores (bench/RESULTS.md): 5 ms waits cost 64 % of a core while idle and p50 111-122
-    # ms a search; 500 ms, 14 % and 87-93 ms; 5 s here took the idle stack from 93-99 to
-    # 74 ms of CPU a second, CPU taken from the model's cores. Brokers that hold every
-    # fetch for the full wait need a small value here.
-    latency_fetch_max_wait_ms: int = Field(default=5000, ge=0)
-    # The queries topic carries images, and bulk topics carry backlogs. There a long wait
-    # stalls: while a partition's records wait in the consumer for more than 100 ms (a
-    # model pass), aiokafka fetches the other partitions alone, and the partition's next
-    # records wait for that fetch to end, up to the whole wait when the others get none.
-    # Measured: 60 queries of 130 KB on a 6-partition topic, 20 ms of work each, the last
-    # done after 5.8 s with 5 s waits against 1.2 s with 0.5 s; the stack's end-to-end
-    # index rate with 5 s bulk waits 21.4-27.7 images/s against 29.0-32.3 (three stacks
-    # each, alternating).
-    query_fetch_max_wait_ms: int = Field(default=500, ge=0)
+    # Latency paths (queries, searches, replies, lookups): Apache Kafka answers a fetch as
+    # soon as a record arrives (fetch.min.bytes=1), so a long wait costs no latency and
+    # saves the idle polling of short ones. Measured on 2 cores (bench/RESULTS.md): 5 ms
+    # waits cost 64 % of a core while idle and p50 111-122 ms a search; 500 ms, 14 % and
+    # 87-93 ms. Not longer: while a partition's records wait in a consumer for more than
+    # 100 ms (a busy event loop, a model pass), aiokafka fetches the other partitions
+    # alone, and that partition's next records wait until that fetch ends, up to the whole
+    # wait when the others get none. With 5 s waits (idle stack 97-102 → 82-86 ms of CPU a
+    # second), a search sent while the indexer ingested at full speed timed out after 5 s,
+    # and 60 queries of 130 KB at 20 ms each took 5.8 s against 1.2. Brokers that hold
+    # every fetch for the full wait need a small value here.
+    latency_fetch_max_wait_ms: int = Field(default=500, ge=0)
     latency_linger_ms: int = Field(default=0, ge=0)
-    # Bulk paths (images, vectors): 50 ms waits cost the idle stack 50 ms of CPU a second
-    # more than 500 ms (Kafka 88-95 against 63, the indexer 24 against 15, the embedder 16
-    # against 8), and the end-to-end rate was no lower.
+    # Bulk paths (images, vectors): the same holds. 50 ms waits cost the idle stack
+    # 50 ms of CPU a second more than 500 ms (Kafka 88-95 against 63, the indexer 24
+    # against 15, the embedder 16 against 8), and the end-to-end rate was no lower; 5 s
+    # waits stalled backlogs as above (end to end 21.4-27.7 against 29.0-32.3 images/s).
     bulk_fetch_max_wait_ms: int = Field(default=500, ge=0)
     bulk_max_records: int = Field(default=64, ge=1)
     # A bulk consumer (images, vectors: FastStream batch subscribers) that finds no

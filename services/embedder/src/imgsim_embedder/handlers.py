@@ -154,7 +154,7 @@ def build_router(
         # earliest: a new group must not miss queries sent while it joins; stale ones are
         # dropped by their deadline.
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.kafka.query_fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.kafka.latency_fetch_max_wait_ms,
         max_workers=settings.query_concurrency,
         **settings.kafka.membership,
         no_reply=True,
