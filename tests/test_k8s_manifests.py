@@ -40,6 +40,7 @@ import pytest
 import yaml
 from faststream.kafka import KafkaBroker
 
+from imgsim_devstack.routers import consumer_args
 from imgsim_embedder.handlers import StateHolder
 from imgsim_embedder.handlers import build_router as embedder_router
 from imgsim_embedder.settings import EmbedderSettings
@@ -294,13 +295,11 @@ def subscribers(
             settings, IndexerState(Collections(cast(VectorStore, None), settings))
         )
     consumers = {}
-    for subscriber in router.subscribers:  # Kafka subscribers (FastStream's usecase API)
-        group = getattr(subscriber, "group_id", None)
-        reset = getattr(subscriber, "_connection_args", {}).get("auto_offset_reset")
-        assert group, f"{subscriber} consumes in no group"
-        assert reset, f"no auto_offset_reset found on {subscriber}"
-        for topic in getattr(subscriber, "topic_names", ()):
-            consumers[(str(topic), str(group))] = str(reset)
+    for (topic, group), args in consumer_args(router).items():
+        reset = args.get("auto_offset_reset")
+        assert group, f"{topic} is consumed in no group"
+        assert reset, f"no auto_offset_reset found for {topic}"
+        consumers[(topic, group)] = str(reset)
     return settings, consumers
 
 

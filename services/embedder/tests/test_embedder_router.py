@@ -30,6 +30,7 @@ from imgsim_core.contracts import (
 from imgsim_core.kafka import now_ms
 from imgsim_core.responders import Received, received
 from imgsim_core.topics import Header
+from imgsim_devstack.routers import consumer_args
 from imgsim_devstack.threadhops import worker_thread_calls
 from imgsim_embedder.batcher import MicroBatcher
 from imgsim_embedder.handlers import EmbedderState, StateHolder, build_router
@@ -213,10 +214,6 @@ def test_the_queries_consumer_waits_as_the_latency_paths_and_the_images_one_as_b
         {"kafka": {"latency_fetch_max_wait_ms": 111, "bulk_fetch_max_wait_ms": 222}}
     )
     router = build_router(settings, StateHolder(), KafkaBroker())
-    waits = {
-        topic: subscriber._connection_args["fetch_max_wait_ms"]
-        for subscriber in cast(list[Any], router.subscribers)  # Kafka subscribers, untyped
-        for topic in subscriber.topic_names
-    }
+    waits = {topic: args["fetch_max_wait_ms"] for (topic, _), args in consumer_args(router).items()}
     topics = settings.kafka.topics
     assert waits == {topics.queries: 111, topics.images: 222}

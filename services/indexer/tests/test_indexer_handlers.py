@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
@@ -20,6 +19,7 @@ from imgsim_core.contracts import (
 )
 from imgsim_core.kafka import now_ms
 from imgsim_core.settings import QdrantSettings
+from imgsim_devstack.routers import consumer_args
 from imgsim_devstack.threadhops import worker_thread_calls
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.handlers import IndexerState, build_router
@@ -140,11 +140,8 @@ def test_responders_take_the_latency_fetch_wait_and_the_vectors_consumer_the_bul
         {"dim": DIM, "model": MODEL,
          "kafka": {"latency_fetch_max_wait_ms": 5555, "bulk_fetch_max_wait_ms": 222}}
     )  # fmt: skip
-    waits = {
-        topic: subscriber._connection_args["fetch_max_wait_ms"]
-        for subscriber in cast(list[Any], build_router(settings, state).subscribers)
-        for topic in subscriber.topic_names
-    }
+    consumers = consumer_args(build_router(settings, state))
+    waits = {topic: args["fetch_max_wait_ms"] for (topic, _), args in consumers.items()}
     topics = settings.kafka.topics
     assert waits.pop(topics.vectors) == 222
     assert {topics.searches, topics.lookups} <= waits.keys()
