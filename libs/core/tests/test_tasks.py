@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from imgsim_core.tasks import cancel_and_wait
+from imgsim_core.tasks import cancel_and_wait, in_slices
 
 
 async def test_running_tasks_are_cancelled_and_awaited() -> None:
@@ -60,3 +60,22 @@ async def test_the_callers_own_cancellation_still_propagates() -> None:
     inner.cancel()
     with pytest.raises(asyncio.CancelledError):
         await inner
+
+
+async def test_in_slices_lets_other_tasks_run_between_slices() -> None:
+    events: list[str] = []
+
+    async def other() -> None:
+        for _ in range(3):
+            events.append("other")
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    async for part in in_slices(list(range(7)), 3):
+        events.append(f"slice {list(part)}")
+    await task
+
+    slices = [e for e in events if e.startswith("slice")]
+    assert slices == ["slice [0, 1, 2]", "slice [3, 4, 5]", "slice [6]"]
+    # the first slice runs at once; the other task runs before each later one
+    assert events[:4] == ["slice [0, 1, 2]", "other", "slice [3, 4, 5]", "other"]

@@ -15,7 +15,7 @@ from imgsim_core.contracts import ImageEmbedded, Metadata, pack_vector
 from imgsim_core.kafka import OutRecord, encode_metadata
 from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import Header
-from imgsim_indexer.operations import plan_batch
+from imgsim_indexer.operations import Planner, plan_batch
 
 DEADLETTER = "imgsim.deadletter"
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -243,3 +243,44 @@ def test_the_model_is_judged_before_the_vector() -> None:
     assert (result.skipped, result.dead_letters) == (1, [])
     wrong = plan_models(record(b"a", embedded("a", model_id="old", dim=3)))
     assert wrong.dead_letter_codes == ["wrong_dim"]
+
+
+def test_a_planner_fed_slices_plans_what_one_call_plans() -> None:
+    """The last operation per image id wins across slices too; dead letters keep order."""
+    records = [
+        record(b"a", embedded("a", 1, model_id="old")),
+        record(b"a", embedded("a", 2, model_id="new")),
+        record(b"bad", b"{"),
+        record(b"c", embedded("c", 4, model_id="new")),
+        record(b"x", embedded("x", 6, model_id="unknown")),
+        record(b"c", None),  # deletes c in the slice after its upsert
+        record(b"d", None),
+        record(b"d", embedded("d", 5, model_id="new")),
+        record(b"e", embedded("e", 7, model_id="skipped")),
+    ]
+    whole = plan_models(*records, skip=("skipped",))
+    planner = Planner(
+        dim=DIM, model_id="new", older_models=["old"], deadletter_topic=DEADLETTER, now=NOW,
+        skip_models=("skipped",),
+    )  # fmt: skip
+    for first in range(0, len(records), 2):
+        planner.add(records[first : first + 2])
+    sliced = planner.plan()
+
+    def summary(result: Any) -> Any:
+        return (
+            [(p.image_id, p.model_id, p.metadata) for p in result.upserts],
+            result.deletes,
+            {
+                m: ([p.image_id for p in w.upserts], sorted(w.deletes))
+                for m, w in result.older.items()
+            },
+            result.dead_letter_codes,
+            [reason(d) for d in result.dead_letters],
+            result.skipped,
+        )
+
+    assert summary(sliced) == summary(whole)
+    assert summary(sliced)[:2] == ([("a", "new", {"seed": 2}), ("d", "new", {"seed": 5})], ["c"])
+    assert whole.dead_letter_codes == ["bad_json", "unknown_model"]
+    assert whole.skipped == 1

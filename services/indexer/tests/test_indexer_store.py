@@ -18,7 +18,7 @@ from imgsim_indexer.edge_setup import edge_config
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import StoreConfigError, StoreNotOpenError
 from imgsim_indexer.server_store import ServerStore
-from imgsim_indexer.store import VectorStore
+from imgsim_indexer.store import SLICE_POINTS, VectorStore
 
 
 async def test_upsert_then_search_finds_itself_first(store: VectorStore) -> None:
@@ -95,6 +95,32 @@ async def test_empty_writes_are_no_ops(store: VectorStore) -> None:
     await store.delete([])
 
     assert await store.count() == 0
+
+
+async def test_an_edge_write_goes_in_slices_and_searches_are_answered_between_them(
+    tmp_path: Path,
+) -> None:
+    """A large upsert holds neither the event loop nor the store's thread for its whole
+    length: a search asked meanwhile is answered before the upsert ends, and sees the
+    slices written so far."""
+    store = EdgeStore(edge_settings(tmp_path), DIM)
+    await store.open()
+    try:
+        await store.upsert([make_point("first", 1)])
+        points = [make_point(f"img-{i}", i + 2) for i in range(SLICE_POINTS * 6)]
+        writing = asyncio.create_task(store.upsert(points))
+        await asyncio.sleep(0)  # the write converts its first slice and hands it over
+
+        seen = await store.count()
+        hits = await store.search(unit_vector(1), top_k=1, threshold=None, with_metadata=False)
+
+        assert not writing.done()
+        assert 1 < seen < 1 + len(points)
+        assert hits[0].image_id == "first"
+        await writing
+        assert await store.count() == 1 + len(points)
+    finally:
+        await store.close()
 
 
 async def test_edge_reopen_keeps_data(tmp_path: Path) -> None:

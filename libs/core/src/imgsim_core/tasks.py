@@ -1,12 +1,25 @@
-"""Stopping background tasks: the one way the services do it."""
+"""Background tasks: the one way the services stop them, and CPU-bound work over a batch
+done a slice at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def in_slices(items: Sequence[T], size: int) -> AsyncIterator[Sequence[T]]:
+    """Consecutive slices of ``items``, at most ``size`` each, with a turn of the event
+    loop before every slice but the first: work over a batch that holds the loop done a
+    slice at a time, so other tasks (a search's handler) wait for a slice, not a batch."""
+    for start in range(0, len(items), size):
+        if start:
+            await asyncio.sleep(0)
+        yield items[start : start + size]
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:

@@ -3,9 +3,9 @@
 Decisions:
 
 - Qdrant Edge is synchronous. Every call runs in one dedicated single-thread executor,
-  which serialises writes (one writer per shard) and never blocks the event loop. Reads
-  queue behind writes; a search is sub-millisecond, so this costs little and keeps the
-  shard single-threaded from Python's side.
+  which serialises writes (one writer per shard) and keeps the shard single-threaded from
+  Python's side. Reads queue behind writes, so a write goes in slices of
+  ``SLICE_POINTS`` (:meth:`EdgeStore.upsert`) and a search waits for one slice at most.
 - ``<path>/<collection>/CURRENT`` names the real shard, the Edge counterpart of the
   server's alias; how a shard is opened, checked and indexed is
   :mod:`imgsim_indexer.edge_setup`.
@@ -39,6 +39,7 @@ import qdrant_edge as qe
 
 from imgsim_core.contracts import Condition, Vector, point_id
 from imgsim_core.settings import QdrantSettings
+from imgsim_core.tasks import in_slices
 from imgsim_indexer import edge_setup as setup
 from imgsim_indexer.edge_build import IndexBuilds, Journal
 from imgsim_indexer.errors import RequestError, StoreError, StoreNotOpenError
@@ -59,7 +60,7 @@ from imgsim_indexer.payload import (
     vector_or_none,
 )
 from imgsim_indexer.qdrant_filters import edge_filter
-from imgsim_indexer.store import check_droppable, collection_version
+from imgsim_indexer.store import SLICE_POINTS, check_droppable, collection_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,18 +146,31 @@ class EdgeStore:
     # -- writes --------------------------------------------------------------------------
 
     async def upsert(self, points: Sequence[Point]) -> None:
+        """Converted for the binding and applied :data:`SLICE_POINTS` at a time, then
+        flushed once. Converting holds the event loop (~30 µs a point: the binding's
+        payload conversion) and ``update``/``flush`` hold the GIL, so a batch of 1,024 in
+        one step held every search for 60–100 ms; a search now waits for one slice. Searches
+        between two slices may see part of the batch, as they would see it whole a moment
+        later; a failure leaves part of it applied and not flushed, which the redelivered
+        batch writes again (upserts and deletes are idempotent)."""
         if not points:
             return
-        edge_points = [
-            qe.Point(point_id(p.image_id), _floats(p.vector), to_payload(p)) for p in points
-        ]
-        await self._write(qe.UpdateOperation.upsert_points(edge_points), len(edge_points))
+        async with self.writes:
+            async for part in in_slices(points, SLICE_POINTS):
+                edge_points = [
+                    qe.Point(point_id(p.image_id), _floats(p.vector), to_payload(p)) for p in part
+                ]
+                operation = qe.UpdateOperation.upsert_points(edge_points)
+                await self._call(self._update_sync, operation, len(edge_points))
+            await self._call(self._flush_sync)
 
     async def delete(self, image_ids: Sequence[str]) -> None:
         if not image_ids:
             return
         ids: list[qe.PointId] = [point_id(i) for i in image_ids]
-        await self._write(qe.UpdateOperation.delete_points(ids), len(ids))
+        async with self.writes:
+            await self._call(self._update_sync, qe.UpdateOperation.delete_points(ids), len(ids))
+            await self._call(self._flush_sync)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -244,16 +258,13 @@ class EdgeStore:
         except Exception as exc:  # qdrant_edge raises plain Exception
             raise StoreError(f"qdrant-edge: {exc}") from exc
 
-    async def _write(self, operation: qe.UpdateOperation, points: int) -> None:
-        async with self.writes:
-            await self._call(self._write_sync, operation, points)
-
-    def _write_sync(self, operation: qe.UpdateOperation, points: int) -> None:
-        shard = self._opened()
-        shard.update(operation)
+    def _update_sync(self, operation: qe.UpdateOperation, points: int) -> None:
+        self._opened().update(operation)
         if self.journal is not None:
             self.journal.append(operation, points)
-        shard.flush()
+
+    def _flush_sync(self) -> None:
+        self._opened().flush()
 
     # what an index build (BuildHost) uses
     on_shard_thread = _call

@@ -1,7 +1,8 @@
 """What a batch of vectors-topic records does to the store: a pure function.
 
 :func:`plan_batch` turns raw aiokafka records into upserts, deletes and dead letters,
-without I/O, so every rule is unit-testable:
+without I/O, so every rule is unit-testable (:class:`Planner` does the same a slice of
+records at a time):
 
 - key = image id (:func:`imgsim_core.kafka.decode_key`); a null value (tombstone) deletes;
 - any other value must be :class:`~imgsim_core.contracts.ImageEmbedded` JSON whose
@@ -89,48 +90,90 @@ def plan_batch(
     records without making dead letters: for a pass over records that the live consumer
     already judged (a reindex).
     """
-    models = [model_id, *older_models]
-    last: dict[str, dict[str, Point | None]] = {m: {} for m in models}  # None = delete
-    plan = BatchPlan()
+    planner = Planner(
+        dim=dim, model_id=model_id, deadletter_topic=deadletter_topic, now=now,
+        older_models=older_models, skip_models=skip_models, dead_letters=dead_letters,
+        max_metadata_bytes=max_metadata_bytes,
+    )  # fmt: skip
+    planner.add(records)
+    return planner.plan()
 
-    def reject(record: ConsumerRecord[Any, Any], code: str, message: str) -> None:
-        if not dead_letters:
+
+class Planner:
+    """:func:`plan_batch` a slice of records at a time: :meth:`add` the slices in order,
+    then :meth:`plan`. The same plan as one call over them all; the caller may let other
+    work run between two slices (a batch of 1,024 takes ~15–20 ms to plan here)."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        model_id: str,
+        deadletter_topic: str,
+        now: datetime,
+        older_models: Collection[str] = (),
+        skip_models: Collection[str] = (),
+        dead_letters: bool = True,
+        max_metadata_bytes: int = ImageLimits().max_metadata_bytes,
+    ) -> None:
+        self.model_id = model_id
+        self._dim = dim
+        self._deadletter_topic = deadletter_topic
+        self._now = now
+        self._skip_models = skip_models
+        self._dead_letters = dead_letters
+        self._max_metadata_bytes = max_metadata_bytes
+        # model → image id → its last operation (None = delete)
+        self._last: dict[str, dict[str, Point | None]] = {m: {} for m in (model_id, *older_models)}
+        self._plan = BatchPlan()
+
+    def add(self, records: Iterable[ConsumerRecord[Any, Any]]) -> None:
+        last = self._last
+        for record in records:
+            try:
+                image_id, event = _event(record)
+                if event is None:
+                    for ops in last.values():
+                        ops[image_id] = None
+                    continue
+                if event.model_id not in last:
+                    if event.model_id in self._skip_models:
+                        self._plan.skipped += 1
+                    else:
+                        why = (f"the vector comes from model {event.model_id!r}, "
+                               f"the index holds {self.model_id!r}")  # fmt: skip
+                        self._reject(record, "unknown_model", why)
+                    continue
+                last[event.model_id][image_id] = _point(
+                    event, dim=self._dim, now=self._now, max_metadata_bytes=self._max_metadata_bytes
+                )
+            except EventError as exc:
+                self._reject(record, exc.code, exc.message)
+
+    def plan(self) -> BatchPlan:
+        plan = self._plan
+        for model, ops in self._last.items():
+            writes = Writes()
+            for image_id, op in ops.items():
+                if op is None:
+                    writes.deletes.append(image_id)
+                else:
+                    writes.upserts.append(op)
+            if model == self.model_id:
+                plan.upserts, plan.deletes = writes.upserts, writes.deletes
+            else:
+                plan.older[model] = writes
+        return plan
+
+    def _reject(self, record: ConsumerRecord[Any, Any], code: str, message: str) -> None:
+        plan = self._plan
+        if not self._dead_letters:
             plan.skipped += 1
             return
-        plan.dead_letters.append(dead_letter_record(deadletter_topic, record, f"{code}: {message}"))
+        plan.dead_letters.append(
+            dead_letter_record(self._deadletter_topic, record, f"{code}: {message}")
+        )
         plan.dead_letter_codes.append(code)
-
-    for record in records:
-        try:
-            image_id, event = _event(record)
-            if event is None:
-                for ops in last.values():
-                    ops[image_id] = None
-                continue
-            if event.model_id not in last:
-                if event.model_id in skip_models:
-                    plan.skipped += 1
-                else:
-                    reject(record, "unknown_model", f"the vector comes from model "
-                           f"{event.model_id!r}, the index holds {model_id!r}")  # fmt: skip
-                continue
-            last[event.model_id][image_id] = _point(
-                event, dim=dim, now=now, max_metadata_bytes=max_metadata_bytes
-            )
-        except EventError as exc:
-            reject(record, exc.code, exc.message)
-    for model, ops in last.items():
-        writes = Writes()
-        for image_id, op in ops.items():
-            if op is None:
-                writes.deletes.append(image_id)
-            else:
-                writes.upserts.append(op)
-        if model == model_id:
-            plan.upserts, plan.deletes = writes.upserts, writes.deletes
-        else:
-            plan.older[model] = writes
-    return plan
 
 
 def _event(record: ConsumerRecord[Any, Any]) -> tuple[str, ImageEmbedded | None]:

@@ -7,10 +7,11 @@ How it works:
    and snapshots the vectors topic's end offsets (the ``total`` to replay).
 2. A replay consumer in its own consumer group (``<group>-reindex-<target>``) reads the
    vectors topic from the earliest offset and applies every record to the new
-   collection with the same pure planning as live indexing (:func:`plan_batch`; records
-   that break the contract are skipped here — the live consumer already dead-lettered
-   them). It does not stop at the snapshot: it keeps following the topic, so live writes
-   reach the new collection too, **in log order**. (Writing live batches to both
+   collection with the same planning as live indexing
+   (:func:`~imgsim_indexer.serving.plan_in_slices`; records that break the contract are
+   skipped here — the live consumer already dead-lettered them). It does not stop at the
+   snapshot: it keeps following the topic, so live writes reach the new collection too,
+   **in log order**. (Writing live batches to both
    collections from the live consumer instead could apply an image's older update after
    its newer one, since the two consumers run at different offsets.)
 3. Searches keep being served from the current collection throughout.
@@ -60,8 +61,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from imgsim_core.contracts import ReindexStatus
 from imgsim_core.tasks import cancel_and_wait
 from imgsim_indexer.errors import ReindexRefusedError, StoreError
-from imgsim_indexer.operations import plan_batch
-from imgsim_indexer.serving import Collections
+from imgsim_indexer.operations import Planner
+from imgsim_indexer.serving import Collections, plan_in_slices
 from imgsim_indexer.settings import IndexerSettings
 from imgsim_indexer.store import VectorStore, collection_version
 
@@ -202,8 +203,7 @@ class Reindexer:
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
                 for records in batches.values():
-                    plan = plan_batch(
-                        records,
+                    planner = Planner(
                         dim=settings.dim,
                         model_id=self._model,
                         deadletter_topic=settings.kafka.topics.deadletter,
@@ -211,6 +211,7 @@ class Reindexer:
                         dead_letters=False,  # the live consumer letters bad records
                         max_metadata_bytes=settings.limits.max_metadata_bytes,
                     )
+                    plan = await plan_in_slices(planner, records)
                     await target.delete(plan.deletes)
                     await target.upsert(plan.upserts)
                     self._set(processed=self._status.processed + len(records))

@@ -8,7 +8,8 @@ that changes it:
   current, until ``drop_old``), so a query vector of such a model still searches its own
   vector space.
 - :meth:`apply` plans a batch of vectors-topic records once for every collection
-  (:func:`~imgsim_indexer.operations.plan_batch`) and writes it, under the lock, so a
+  (:class:`~imgsim_indexer.operations.Planner`, a slice of ``SLICE_POINTS`` records
+  between two turns of the event loop) and writes it, under the lock, so a
   :meth:`switch` falls between two batches, never inside one; the plan is made under the
   lock too, so a batch is never planned for one model and written to another's
   collection.
@@ -30,10 +31,11 @@ from datetime import UTC, datetime
 from aiokafka import ConsumerRecord, TopicPartition
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
+from imgsim_core.tasks import in_slices
 from imgsim_core.tracing import batch_step
-from imgsim_indexer.operations import BatchPlan, plan_batch
+from imgsim_indexer.operations import BatchPlan, Planner
 from imgsim_indexer.settings import IndexerSettings
-from imgsim_indexer.store import VectorStore
+from imgsim_indexer.store import SLICE_POINTS, VectorStore
 
 
 class Collections:
@@ -60,8 +62,7 @@ class Collections:
         caller produces the plan's dead letters."""
         settings = self._settings
         async with self._lock:
-            plan = plan_batch(
-                records,
+            planner = Planner(
                 dim=settings.dim,
                 model_id=self.model_id,
                 older_models=list(self.older),
@@ -70,6 +71,7 @@ class Collections:
                 skip_models=self._skip,
                 max_metadata_bytes=settings.limits.max_metadata_bytes,
             )
+            plan = await plan_in_slices(planner, records)
             with batch_step("store write", upserts=len(plan.upserts)):
                 await self.live.delete(plan.deletes)
                 await self.live.upsert(plan.upserts)
@@ -131,3 +133,13 @@ class Collections:
         (topic,) = consumer.subscription()
         held = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
         return held, consumer.partitions_for_topic(topic)
+
+
+async def plan_in_slices(
+    planner: Planner, records: Sequence[ConsumerRecord[bytes, bytes]]
+) -> BatchPlan:
+    """``planner``'s plan of ``records``, ``SLICE_POINTS`` of them between two turns of
+    the event loop (a batch of 1,024 in one step held every search for ~15–20 ms)."""
+    async for part in in_slices(records, SLICE_POINTS):
+        planner.add(part)
+    return planner.plan()
