@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -71,6 +72,21 @@ async def test_two_requesters_each_get_their_own_replies(
         await _close(first)
         await _close(second)
         await broker.stop()
+
+
+async def test_a_requester_starts_without_metadata_errors(
+    infra: Services, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its reply topic is served before its first heartbeat is sent to it: a producer
+    sending to a topic the broker's metadata lacks logs an error each time it asks."""
+    settings = KafkaSettings(
+        bootstrap_servers=infra.bootstrap, topic_prefix=topic_prefix, partitions=6
+    )
+    await ensure_topics(settings)  # the broker busy with leaders, as when a stack starts
+    with caplog.at_level(logging.WARNING, logger="aiokafka"):
+        requester = await _requester(settings, "quiet")
+        await _close(requester)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == []
 
 
 async def test_no_reply_times_out_and_cleans_up(infra: Services, topic_prefix: str) -> None:

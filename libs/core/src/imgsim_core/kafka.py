@@ -287,5 +287,30 @@ async def ensure_topics(settings: KafkaSettings, extra: Iterable[str] = ()) -> N
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
             log.info("created topics %s", [t.name for t in missing])
+            await until_served(admin, [t.name for t in missing])
     finally:
         await admin.close()
+
+
+async def until_served(
+    admin: AIOKafkaAdminClient, names: Sequence[str], timeout_s: float = 10.0
+) -> None:
+    """Wait until the broker's metadata has each of the topics ``names``, every partition
+    with a leader: a client that uses a topic created a moment ago asks for its metadata
+    again every few ms and logs each miss as an error (~50 lines a producer, measured)."""
+    wanted = set(names)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                found = await admin.describe_topics(list(wanted))
+                served = {
+                    t["topic"] for t in found
+                    if t["error_code"] == 0 and t["partitions"]
+                    and all(p["leader"] >= 0 for p in t["partitions"])
+                }  # fmt: skip
+                if wanted <= served:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:  # their first users still wait for the metadata themselves
+        log.warning("topics %s not all in the broker's metadata after %.0f s",
+                    sorted(wanted), timeout_s)  # fmt: skip

@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsErr
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from imgsim_core.kafka import header, now_ms, produced_headers, send_acked
+from imgsim_core.kafka import header, now_ms, produced_headers, send_acked, until_served
 from imgsim_core.tasks import cancel_and_wait
 from imgsim_core.topics import Header
 
@@ -259,6 +259,7 @@ class Requester:
             )
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([topic])
+            await until_served(admin, [self.reply_topic])  # before the first heartbeat
         finally:
             await admin.close()
 
