@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import pytest
 from aiokafka import ConsumerRecord
+from faststream.kafka.message import KafkaAckableMessage
+from faststream.kafka.parser import AioKafkaBatchParser, AioKafkaParser
 from hypothesis import given
 from hypothesis import strategies as st
 
 from imgsim_core.kafka import (
     EventError,
+    batch_records,
     dead_letter_headers,
     dead_letter_record,
     decode_key,
@@ -86,6 +89,21 @@ async def test_safe_batch_parser_repairs_headers_and_keeps_tombstones() -> None:
     assert seen[0][0].value is None
     assert seen[0][1].headers == (("h", "\ufffd".encode()),)
     assert seen[0][1].offset == 42
+
+
+async def test_the_batch_decoder_hands_over_the_records_as_they_are() -> None:
+    """Not a message per record, and no value tried as JSON (the handlers plan them)."""
+    records = (record(value=b'{"image_id": "a"}'), record(offset=42, value=None))
+    parsed = await AioKafkaBatchParser(msg_class=KafkaAckableMessage, regex=None).parse_batch(
+        records
+    )
+    decoded = await batch_records(parsed)
+    assert decoded == records
+    assert decoded[0] is records[0]
+    single = await AioKafkaParser(msg_class=KafkaAckableMessage, regex=None).parse_message(
+        records[0]
+    )
+    assert await batch_records(single) == (records[0],)
 
 
 def test_past_deadline_reads_the_header() -> None:

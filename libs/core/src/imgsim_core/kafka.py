@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 from aiokafka.structs import RecordMetadata
 from faststream.kafka.message import KafkaMessage
+from faststream.message import StreamMessage
 from pydantic import TypeAdapter, ValidationError
 
 from imgsim_core.contracts import FiniteMetadata, Metadata
@@ -235,6 +236,15 @@ async def safe_batch_parser(
     rather than the decoded body.
     """
     return await original(tuple(_sanitized(r) for r in records))
+
+
+async def batch_records(message: StreamMessage[Any]) -> tuple[ConsumerRecord[Any, Any], ...]:
+    """FastStream decoder of a batch subscriber: its records as they are. FastStream's own
+    makes a message of each record and tries its value as JSON, which the handlers never
+    read (~6 % of the indexer's CPU while it ingests vectors, profiled); they read
+    ``message.raw_message``."""
+    raw = message.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
 
 
 def now_ms() -> int:

@@ -56,6 +56,7 @@ from imgsim_core.contracts import (
 from imgsim_core.errors import ErrorCode
 from imgsim_core.images import ImageError
 from imgsim_core.kafka import (
+    batch_records,
     produce_all,
     safe_batch_parser,
 )
@@ -119,6 +120,7 @@ def build_router(
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         parser=safe_batch_parser,
+        decoder=batch_records,
         max_records=settings.kafka.bulk_max_records,
         **settings.kafka.bulk_polling,
         **settings.kafka.membership,

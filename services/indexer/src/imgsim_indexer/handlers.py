@@ -60,7 +60,7 @@ from imgsim_core.contracts import (
     StatusRequested,
     VectorSearchRequested,
 )
-from imgsim_core.kafka import produce_all, safe_batch_parser
+from imgsim_core.kafka import batch_records, produce_all, safe_batch_parser
 from imgsim_core.redisclient import generation_key
 from imgsim_core.responders import BadRequestError, Received, decode_request, received
 from imgsim_indexer import answers
@@ -132,6 +132,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         parser=safe_batch_parser,
+        decoder=batch_records,
         max_records=settings.vectors_max_records,
         **kafka.bulk_polling,
         **kafka.membership,
