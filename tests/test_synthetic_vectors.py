@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from imgsim_devstack.vectors import ClusteredVectors, metadata
-from imgsim_indexer.operations import plan_batch
+from imgsim_indexer.operations import Planner
 
 
 def test_the_same_seed_gives_the_same_unit_vectors_around_the_centres() -> None:
@@ -22,10 +22,10 @@ def test_the_same_seed_gives_the_same_unit_vectors_around_the_centres() -> None:
 
 def test_the_records_are_vectors_topic_records_the_indexer_plans_without_dead_letters() -> None:
     records = list(ClusteredVectors().records(10, 50, model_id="m", partitions=3))
-    plan = plan_batch(
-        records, dim=512, model_id="m", older_models=[], deadletter_topic="dlq",
+    plan = Planner(
+        dim=512, model_id="m", older_models=[], deadletter_topic="dlq",
         now=datetime.now(UTC), skip_models=set(), max_metadata_bytes=1024,
-    )  # fmt: skip
+    ).plan(records)  # fmt: skip
     assert plan.dead_letters == []
     assert [p.image_id for p in plan.upserts] == [f"img/{i}" for i in range(10, 60)]
     assert plan.upserts[0].metadata == metadata(10) == {"tag": "t10", "n": 10}

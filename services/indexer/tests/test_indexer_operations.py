@@ -15,7 +15,7 @@ from imgsim_core.contracts import ImageEmbedded, Metadata, pack_vector
 from imgsim_core.kafka import OutRecord, encode_metadata
 from imgsim_core.settings import ImageLimits
 from imgsim_core.topics import Header
-from imgsim_indexer.operations import Planner, plan_batch
+from imgsim_indexer.operations import Planner
 
 DEADLETTER = "imgsim.deadletter"
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -61,7 +61,7 @@ def _with(value: float) -> npt.NDArray[np.float32]:
 
 
 def plan(*records: ConsumerRecord[bytes, bytes]) -> Any:
-    return plan_batch(records, dim=DIM, model_id="m", deadletter_topic=DEADLETTER, now=NOW)
+    return Planner(dim=DIM, model_id="m", deadletter_topic=DEADLETTER, now=NOW).plan(records)
 
 
 def reason(dead: OutRecord) -> str:
@@ -204,10 +204,10 @@ def test_vectors_metadata_is_held_to_the_limit_exactly() -> None:
 
 
 def plan_models(*records: ConsumerRecord[bytes, bytes], skip: tuple[str, ...] = ()) -> Any:
-    return plan_batch(
-        records, dim=DIM, model_id="new", older_models=["old"], deadletter_topic=DEADLETTER,
-        now=NOW, skip_models=skip,
-    )  # fmt: skip
+    return Planner(
+        dim=DIM, model_id="new", older_models=["old"], deadletter_topic=DEADLETTER, now=NOW,
+        skip_models=skip,
+    ).plan(records)  # fmt: skip
 
 
 def test_one_pass_plans_the_live_and_the_older_collections() -> None:
@@ -245,7 +245,7 @@ def test_the_model_is_judged_before_the_vector() -> None:
     assert wrong.dead_letter_codes == ["wrong_dim"]
 
 
-def test_a_planner_fed_slices_plans_what_one_call_plans() -> None:
+def test_a_planner_fed_slices_plans_what_one_step_plans() -> None:
     """The last operation per image id wins across slices too; dead letters keep order."""
     records = [
         record(b"a", embedded("a", 1, model_id="old")),

@@ -1,8 +1,7 @@
 """What a batch of vectors-topic records does to the store: a pure function.
 
-:func:`plan_batch` turns raw aiokafka records into upserts, deletes and dead letters,
-without I/O, so every rule is unit-testable (:class:`Planner` does the same a slice of
-records at a time):
+:class:`Planner` turns raw aiokafka records into upserts, deletes and dead letters,
+without I/O, so every rule is unit-testable:
 
 - key = image id (:func:`imgsim_core.kafka.decode_key`); a null value (tombstone) deletes;
 - any other value must be :class:`~imgsim_core.contracts.ImageEmbedded` JSON whose
@@ -18,7 +17,7 @@ records at a time):
 - a vector of a model in ``skip_models`` is skipped silently: during and after a model
   change the old and the new embedder both produce, and each collection keeps its own
   model's vectors (:mod:`imgsim_indexer.reindex`);
-- the model is checked in :func:`plan_batch` itself, before the vector's rules
+- the model is checked in :meth:`Planner.add` itself, before the vector's rules
   (:func:`_point`), so no exception steers between collections;
 - within one batch the last operation per image id wins (Kafka keeps order per key, and
   records of different keys are independent, so deletes and upserts of one plan can be
@@ -69,19 +68,12 @@ class BatchPlan:
     skipped: int = 0  # vectors of a model in skip_models
 
 
-def plan_batch(
-    records: Iterable[ConsumerRecord[Any, Any]],
-    *,
-    dim: int,
-    model_id: str,
-    deadletter_topic: str,
-    now: datetime,
-    older_models: Collection[str] = (),
-    skip_models: Collection[str] = (),
-    dead_letters: bool = True,
-    max_metadata_bytes: int = ImageLimits().max_metadata_bytes,
-) -> BatchPlan:
-    """Upserts, deletes and dead letters for ``records`` (in offset order per partition).
+class Planner:
+    """Upserts, deletes and dead letters for vectors-topic records (in offset order per
+    partition), a slice at a time or all at once: :meth:`add` slices in order, then
+    :meth:`plan` (``Planner(...).plan(records)`` for one batch in one step). The plan is
+    the same either way; a caller may let other work run between two slices (a batch of
+    1,024 takes ~15–20 ms to plan here).
 
     Vectors of ``model_id`` go to :attr:`BatchPlan.upserts`, those of an ``older_models``
     model to :attr:`BatchPlan.older` (the collections a model change keeps, see
@@ -90,19 +82,6 @@ def plan_batch(
     records without making dead letters: for a pass over records that the live consumer
     already judged (a reindex).
     """
-    planner = Planner(
-        dim=dim, model_id=model_id, deadletter_topic=deadletter_topic, now=now,
-        older_models=older_models, skip_models=skip_models, dead_letters=dead_letters,
-        max_metadata_bytes=max_metadata_bytes,
-    )  # fmt: skip
-    planner.add(records)
-    return planner.plan()
-
-
-class Planner:
-    """:func:`plan_batch` a slice of records at a time: :meth:`add` the slices in order,
-    then :meth:`plan`. The same plan as one call over them all; the caller may let other
-    work run between two slices (a batch of 1,024 takes ~15–20 ms to plan here)."""
 
     def __init__(
         self,
@@ -150,7 +129,9 @@ class Planner:
             except EventError as exc:
                 self._reject(record, exc.code, exc.message)
 
-    def plan(self) -> BatchPlan:
+    def plan(self, records: Iterable[ConsumerRecord[Any, Any]] = ()) -> BatchPlan:
+        """The plan of every record added, ``records`` last."""
+        self.add(records)
         plan = self._plan
         for model, ops in self._last.items():
             writes = Writes()
