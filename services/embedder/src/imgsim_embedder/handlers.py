@@ -3,7 +3,7 @@
 ``build_router(settings, holder, broker)`` returns a :class:`KafkaRouter` with two
 subscribers:
 
-- **images** (batch): the raw aiokafka records are read from ``message.raw_message``
+- **images** (batch): the raw aiokafka records are read from the message (``records_of``)
   because a null value is a tombstone. :func:`~imgsim_embedder.embedding.embed_records`
   (what records and queries turn into lives in :mod:`imgsim_embedder.embedding`) turns a
   batch of records
@@ -58,6 +58,7 @@ from imgsim_core.images import ImageError
 from imgsim_core.kafka import (
     batch_records,
     produce_all,
+    records_of,
     safe_batch_parser,
 )
 from imgsim_core.responders import BadRequestError, Received, decode_request, received
@@ -133,10 +134,8 @@ def build_router(
     )
     async def on_images(message: KafkaMessage) -> None:
         state = holder.get()
-        raw = message.raw_message
-        records = raw if isinstance(raw, tuple) else (raw,)
         outputs = await embed_records(
-            records,
+            records_of(message),
             encoder=state.encoder,
             batcher=state.batcher,
             pool=state.pool,

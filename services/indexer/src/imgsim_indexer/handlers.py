@@ -60,7 +60,7 @@ from imgsim_core.contracts import (
     StatusRequested,
     VectorSearchRequested,
 )
-from imgsim_core.kafka import batch_records, produce_all, safe_batch_parser
+from imgsim_core.kafka import batch_records, produce_all, records_of, safe_batch_parser
 from imgsim_core.redisclient import generation_key
 from imgsim_core.responders import BadRequestError, Received, decode_request, received
 from imgsim_indexer import answers
@@ -144,10 +144,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
 
     @vectors
     async def index_vectors(message: KafkaMessage) -> None:
-        raw = message.raw_message
-        records: tuple[ConsumerRecord[bytes, bytes], ...] = (
-            raw if isinstance(raw, tuple) else (raw,)
-        )
+        records: tuple[ConsumerRecord[bytes, bytes], ...] = records_of(message)
         with UPSERT_SECONDS.time():
             plan = await state.collections.apply(records)
         if plan.dead_letters:

@@ -44,7 +44,7 @@ from imgsim_indexer.payload import Hit, Point, Scanned, StoredImage
 # the most a Qdrant Edge ``update`` takes at once (:meth:`EdgeStore.upsert
 # <imgsim_indexer.edge_store.EdgeStore.upsert>`, :func:`~imgsim_indexer.serving.plan_in_slices`).
 # Writes at full speed with a search every 5 ms (bench/RESULTS.md, 2026-12-07): search p50
-# 62–92 ms, p99 84–105 with whole batches of 1,024; p50 4–6, p99 15–17 with slices of
+# 53–92 ms, p99 73–105 with whole batches of 1,024; p50 4–6, p99 15–17 with slices of
 # 128 (256: p99 25–34; 64: p99 10, where the flush, ~10 ms once a batch, is the longest
 # hold); the write rate alone the same at 64, 128, 256 and whole, within this VM's spread.
 SLICE_POINTS = 128
