@@ -3,6 +3,7 @@ ceilings without it, and the running stack, side by side, with the targets as ra
 
     uv run python bench/bench.py                 # starts its own stack in a temp folder
     uv run python bench/bench.py --markdown out.md
+    uv run python bench/bench.py --quantization int8   # the embedder's int8 image towers
 
 Phases, in this order, in one process (nothing else should run on the machine):
 
@@ -137,9 +138,9 @@ class Report:
 # ----------------------------------------------------------------------------- 1. model
 
 
-def bench_model(report: Report, seconds: float) -> None:
+def bench_model(report: Report, seconds: float, quantization: str) -> None:
     embedder = EmbedderSettings()
-    settings = ModelSettings(weights="random", seed=0)
+    settings = ModelSettings(weights="random", seed=0, quantization=quantization)
     encoder = load_encoder(settings)
     bulk = embedder.max_batch
     jpegs = [photo(i) for i in range(bulk)]
@@ -891,14 +892,17 @@ def stack_pids(stack: LocalStack) -> dict[str, int]:
 
 
 async def run_stack_phases(report: Report, args: argparse.Namespace) -> None:
-    no_proxy = {"NO_PROXY": os.environ.get("NO_PROXY", "") + ",127.0.0.1"}
-    with tempfile.TemporaryDirectory() as folder, local_stack(Path(folder), no_proxy) as stack:
+    base_env = {
+        "NO_PROXY": os.environ.get("NO_PROXY", "") + ",127.0.0.1",
+        "EMBEDDER_MODEL__QUANTIZATION": args.quantization,  # the bare model's, phase 1
+    }
+    with tempfile.TemporaryDirectory() as folder, local_stack(Path(folder), base_env) as stack:
         async with Gateway(stack.gateway_url) as client:
             await bench_stack(report, client, args, stack_pids(stack))
             with OtlpReceiver() as receiver:
                 for service in reversed(stack.services):
                     service.stop()
-                stack.config.extra_env = {**no_proxy, **receiver.env()}
+                stack.config.extra_env = {**base_env, **receiver.env()}
                 stack.start_services()
                 await wait_indexed(client, int(report.values["indexed"]))
                 await bench_spans(report, client, receiver, Images(7_000_000).take(args.traces))
@@ -906,7 +910,7 @@ async def run_stack_phases(report: Report, args: argparse.Namespace) -> None:
             for verify in ("decode", "header"):  # untraced again, each way of checking writes
                 for service in reversed(stack.services):
                     service.stop()
-                stack.config.extra_env = {**no_proxy, "GATEWAY_VERIFY_WRITES": verify}
+                stack.config.extra_env = {**base_env, "GATEWAY_VERIFY_WRITES": verify}
                 stack.start_services()
                 next(s for s in stack.services if s.name == "embedder").stop()
                 pids = stack_pids(stack)
@@ -926,15 +930,22 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=20000)
     parser.add_argument("--model-only", action="store_true", help="phases 1 and 2 only")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument(
+        "--quantization",
+        choices=("none", "int8"),
+        default="none",
+        help="the embedder's EMBEDDER_MODEL__QUANTIZATION, for the bare model and the stack",
+    )
     args = parser.parse_args()
     cpu = platform.processor() or platform.machine()
     header = (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {platform.node()}, {cpu}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}"
+        + (", int8 image towers" if args.quantization == "int8" else "")
     )
     print(header, flush=True)
     report = Report()
-    bench_model(report, args.seconds)
+    bench_model(report, args.seconds, args.quantization)
     bench_preprocess(report, args.seconds / 2)
     asyncio.run(bench_store(report, args.points))
     if not args.model_only:

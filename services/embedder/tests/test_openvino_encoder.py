@@ -1,8 +1,9 @@
 """The OpenVINO encoder against torch on the same random weights (seed 0): the vectors
 agree, the stepwise pass equals the whole one, the converted models are kept and read
-back, and ``runtime`` picks the encoder.
+back, ``runtime`` picks the encoder, and int8 keeps its bar.
 
-Converting takes ~20 s, so one encoder (and one cache folder) serves the module.
+Converting takes ~20 s and quantizing ~60 s, so one encoder of each (and one cache
+folder) serves the module.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from imgsim_core.settings import ImageLimits, ModelSettings
 from imgsim_embedder.errors import ModelLoadError
 from imgsim_embedder.model import ClipEncoder, Vectors, load_encoder
 from imgsim_embedder.openvino_encoder import OpenVinoEncoder
+from imgsim_embedder.quantization import MIN_COSINE
 from imgsim_embedder.testimages import distinct_images
 
 pytestmark = pytest.mark.slow
@@ -190,3 +192,58 @@ def test_a_stepwise_pass_in_slices_gives_the_whole_passs_vectors(
     assert (sliced * encoder.encode_images(images)).sum(axis=1).min() >= 0.9999
     whole, _ = stepwise(encoder, images)
     np.testing.assert_allclose(sliced, whole, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def int8(settings: ModelSettings) -> OpenVinoEncoder:
+    """Quantized once for the module (~60 s), from the float32 models the cache holds."""
+    loaded = load_encoder(settings.model_copy(update={"quantization": "int8"}))
+    assert isinstance(loaded, OpenVinoEncoder)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def unseen(encoder: OpenVinoEncoder) -> torch.Tensor:
+    """Images that are not among the 80 built-in ones int8 is calibrated and checked on."""
+    encoded = distinct_images(96)[88:]
+    return torch.stack([encoder.preprocess(decode_rgb(data, ImageLimits())) for data, _ in encoded])
+
+
+def test_int8_vectors_keep_the_bar_against_float32_of_the_same_weights(
+    int8: OpenVinoEncoder, encoder: OpenVinoEncoder, reference: ClipEncoder, unseen: torch.Tensor
+) -> None:
+    expected = reference.encode_images(unseen)
+    whole = int8.encode_images(unseen)
+    stepwise_, _ = stepwise(int8, unseen)
+    assert (whole * expected).sum(axis=1).min() >= MIN_COSINE
+    assert (stepwise_ * expected).sum(axis=1).min() >= MIN_COSINE
+    assert (whole * encoder.encode_images(unseen)).sum(axis=1).min() < 0.99999  # int8, not bf16
+    np.testing.assert_allclose(int8.encode_texts(TEXTS), encoder.encode_texts(TEXTS), atol=1e-6)
+    assert int8.model_id == encoder.model_id  # the same space: int8 and bf16 vectors mix
+    assert int8.precision.startswith("int8")
+
+
+def test_the_int8_towers_are_kept_and_read_back(
+    int8: OpenVinoEncoder,
+    settings: ModelSettings,
+    unseen: torch.Tensor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (folder,) = settings.cache_dir.iterdir()
+    (kept,) = folder.glob("int8-*")
+    assert (kept / "whole.xml").is_file()
+    assert len(list(kept.glob("step*.xml"))) == 14
+    assert not (kept / "text.xml").exists()  # the text tower is the converted one
+    with caplog.at_level(logging.INFO, logger="imgsim_embedder.openvino_encoder"):
+        again = OpenVinoEncoder.load(settings.model_copy(update={"quantization": "int8"}))
+    assert "int8 towers of" in caplog.text
+    assert "quantized" not in caplog.text
+    np.testing.assert_allclose(again.encode_images(unseen), int8.encode_images(unseen), atol=1e-6)
+
+
+def test_int8_needs_openvino(cache: Path) -> None:
+    torch_int8 = ModelSettings(
+        weights="random", device="cpu", runtime="torch", quantization="int8", cache_dir=cache
+    )
+    with pytest.raises(ModelLoadError, match="RUNTIME=openvino"):
+        load_encoder(torch_int8)

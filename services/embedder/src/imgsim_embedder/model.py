@@ -95,6 +95,11 @@ def load_encoder(settings: ModelSettings) -> ImageEncoder:
     runtime = settings.runtime
     if runtime == "auto":
         runtime = "torch" if pick_device(settings.device).type == "cuda" else "openvino"
+    if settings.quantization == "int8" and runtime != "openvino":
+        raise ModelLoadError(
+            "EMBEDDER_MODEL__QUANTIZATION=int8 runs on OpenVINO, on the CPU: set "
+            "EMBEDDER_MODEL__RUNTIME=openvino (or auto without a GPU), or QUANTIZATION=none"
+        )
     if runtime == "openvino":
         from imgsim_embedder.openvino_encoder import OpenVinoEncoder  # CPU only: not on GPUs
 

@@ -41,7 +41,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -53,6 +53,7 @@ from open_clip.transformer import VisionTransformer
 from PIL import Image
 
 from imgsim_core.settings import ModelSettings
+from imgsim_embedder import quantization
 from imgsim_embedder.errors import ModelLoadError
 from imgsim_embedder.model import (
     MODEL_LOAD_SECONDS,
@@ -110,30 +111,32 @@ class _Text(torch.nn.Module):
 
 @dataclass(frozen=True)
 class _Converted:
-    """The three kinds of model, in memory or as the paths of their files in the cache."""
+    """The three kinds of model, in memory or as the paths of their files in the cache;
+    no text for the int8 image towers (the text tower is the converted one)."""
 
     whole: ov.Model | str
     steps: list[ov.Model] | list[str]
-    text: ov.Model | str
+    text: ov.Model | str | None
 
     def save(self, folder: Path) -> None:
         """As they are: weights in float32, so a model read back gives the same vectors
         as the one just converted (float16 would halve the ~900 MB and shift them)."""
-        models = [("whole", self.whole), ("text", self.text)]
+        models = [("whole", self.whole)] + ([("text", self.text)] if self.text else [])
         models += [(f"step{i:02d}", step) for i, step in enumerate(self.steps)]
         for name, model in models:
             assert isinstance(model, ov.Model)
             ov.save_model(model, folder / f"{name}.xml", compress_to_fp16=False)
 
     @classmethod
-    def at(cls, folder: Path) -> _Converted:
+    def at(cls, folder: Path, *, text: bool = True) -> _Converted:
+        """The models saved in ``folder`` (``text=False``: the image towers alone)."""
         steps = sorted(folder.glob("step*.xml"))
         if not steps or not (folder / "whole.xml").is_file():
             raise FileNotFoundError(folder / "whole.xml")
         return cls(
             whole=str(folder / "whole.xml"),
             steps=[str(path) for path in steps],
-            text=str(folder / "text.xml"),
+            text=str(folder / "text.xml") if text else None,
         )
 
 
@@ -148,7 +151,17 @@ class _Compiled:
         return cls(
             whole=core.compile_model(converted.whole, "CPU", config),
             steps=[core.compile_model(step, "CPU", config) for step in converted.steps],
-            text=core.compile_model(converted.text, "CPU", config),
+            text=core.compile_model(_text(converted), "CPU", config),
+        )
+
+    def with_image_towers(
+        self, core: ov.Core, converted: _Converted, config: dict[str, Any]
+    ) -> _Compiled:
+        """These towers with the image towers of ``converted`` in their place (int8's)."""
+        return replace(
+            self,
+            whole=core.compile_model(converted.whole, "CPU", config),
+            steps=[core.compile_model(step, "CPU", config) for step in converted.steps],
         )
 
 
@@ -196,47 +209,105 @@ def _compiled(
     settings: ModelSettings,
     model: open_clip.CLIP,
     tokenizer: Callable[[list[str]], torch.Tensor],
+    transform: Callable[[Image.Image], torch.Tensor],
     config: dict[str, Any],
 ) -> _Compiled:
-    """The towers compiled: from the cache's files, or converted now (and kept there).
+    """The towers compiled: from the cache's files, or converted (and quantized, for int8)
+    now and kept there.
 
     Compiled from the files, OpenVINO keeps its compiled form beside them (``CACHE_DIR``)
     and a later start maps that in (0.4 s) instead of compiling again (5 s); the float32
     weights are then not held in memory beside the compiled bf16 ones.
     """
     folder = _cache_folder(settings)
+    converted, core, compiled = _converted(settings, folder, model, tokenizer, config)
+    if settings.quantization == "none":
+        return compiled
+    images = quantization.calibration(settings, transform)
+    image_config = {**config, **quantization.FLOAT32}
+    int8 = folder / f"int8-{images.digest}"
+    damaged = False
+    if int8.is_dir():
+        try:
+            towers = compiled.with_image_towers(core, _Converted.at(int8, text=False), image_config)
+        except (FileNotFoundError, RuntimeError) as exc:
+            log.warning("the int8 towers in %s cannot be read (%s); quantizing again",
+                        int8, exc)  # fmt: skip
+            damaged = True
+        else:
+            log.info("int8 towers of %s read from %s", settings.model_id, int8)
+            return towers
+    started = time.perf_counter()
+    whole, steps = quantization.quantize(
+        core, converted.whole, converted.steps, images, image_config
+    )
+    log.info("quantized %s to int8 in %.1f s", settings.model_id, time.perf_counter() - started)
+    quantized = _Converted(whole=whole, steps=steps, text=None)
+    if isinstance(converted.whole, str) and _keep(int8, quantized.save, damaged):
+        quantized = _Converted.at(int8, text=False)
+    return compiled.with_image_towers(core, quantized, image_config)
+
+
+def _converted(
+    settings: ModelSettings,
+    folder: Path,
+    model: open_clip.CLIP,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    config: dict[str, Any],
+) -> tuple[_Converted, ov.Core, _Compiled]:
+    """The converted models, the core that compiled them, and them compiled with
+    ``config``: files in ``folder`` (read back, or converted now and kept there, and
+    OpenVINO's compiled forms beside them), or in memory if they cannot be kept."""
     damaged = False
     if folder.is_dir():
+        core = _core(folder)
         try:
-            compiled = _Compiled.of(_core(folder), _Converted.at(folder), config)
+            converted = _Converted.at(folder)
+            compiled = _Compiled.of(core, converted, config)
         except (FileNotFoundError, RuntimeError) as exc:  # partial, damaged, or of another version
             log.warning("the converted models in %s cannot be read (%s); converting again",
                         folder, exc)  # fmt: skip
             damaged = True
         else:
             log.info("OpenVINO models of %s read from %s", settings.model_id, folder)
-            return compiled
+            return converted, core, compiled
     started = time.perf_counter()
     converted = _convert(model, tokenizer)
     log.info(
         "converted %s for OpenVINO in %.1f s", settings.model_id, time.perf_counter() - started
     )
+    if _keep(folder, converted.save, damaged):
+        converted, core = _Converted.at(folder), _core(folder)
+    else:
+        core = ov.Core()
+    return converted, core, _Compiled.of(core, converted, config)
+
+
+def _keep(folder: Path, save: Callable[[Path], None], damaged: bool) -> bool:
+    """``save`` into ``folder``, whole or not at all: into a staging folder beside it,
+    then renamed (replacing a ``damaged`` one). False if it cannot be kept (logged)."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
         try:
-            converted.save(staging)
+            save(staging)
             if damaged:
                 shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)  # whole or not at all; fails if another start was first
+            staging.rename(folder)  # fails if another start was first
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         if not folder.is_dir():
-            log.warning("cannot keep the converted models in %s (%s): the next start "
-                        "converts again", folder, exc)  # fmt: skip
-            return _Compiled.of(ov.Core(), converted, config)
-    return _Compiled.of(_core(folder), _Converted.at(folder), config)
+            log.warning("cannot keep the models in %s (%s): the next start makes them "
+                        "again", folder, exc)  # fmt: skip
+            return False
+    return True
+
+
+def _text(converted: _Converted) -> ov.Model | str:
+    if converted.text is None:
+        raise ValueError("the int8 image towers have no text tower")
+    return converted.text
 
 
 def _core(folder: Path) -> ov.Core:
@@ -300,9 +371,11 @@ class OpenVinoEncoder:
             Callable[[list[str]], torch.Tensor], open_clip.get_tokenizer(settings.name)
         )
         dim = int(model.text_projection.shape[1])
-        compiled = _compiled(settings, model, tokenizer, config)
+        compiled = _compiled(settings, model, tokenizer, transform, config)
         del model  # the torch model is not needed once compiled: ~600 MB
         prepare_on_one_thread()
+        if settings.quantization == "int8":
+            precision = f"int8 images, {precision} texts"
         encoder = cls(
             compiled, transform, tokenizer, model_id=settings.model_id, dim=dim,
             precision=precision,

@@ -1,0 +1,146 @@
+"""int8 quantization's parts on their own: the calibration images a setting names, and the
+check that refuses towers whose vectors stray from float32's (on a small stand-in tower,
+so that this runs in seconds; test_openvino_encoder quantizes CLIP itself)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+
+from imgsim_core.images import decode_rgb
+from imgsim_core.settings import ImageLimits, ModelSettings
+from imgsim_embedder import quantization
+from imgsim_embedder.errors import ModelLoadError
+from imgsim_embedder.quantization import Calibration, calibration, lowest_cosine, quantize
+from imgsim_embedder.testimages import distinct_image
+
+
+def transform(image: object) -> torch.Tensor:
+    """A stand-in for the eval transform: the image's mean colour, spread over 3×224×224."""
+    pixels = np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) / 255
+    return torch.from_numpy(pixels).reshape(3, 1, 1).expand(3, 224, 224).contiguous()
+
+
+def write_images(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(n):
+        data, kind = distinct_image(i)
+        path = folder / f"{i:03d}.{'png' if kind == 'image/png' else 'jpg'}"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def settings(folder: Path | None) -> ModelSettings:
+    return ModelSettings(weights="random", quantization="int8", calibration_dir=folder)
+
+
+def test_a_folder_calibrates_on_its_images_and_holds_the_last_sixteen_out(tmp_path: Path) -> None:
+    paths = write_images(tmp_path / "mine", 40)
+    (tmp_path / "mine" / "notes.txt").write_text("not an image, not counted")
+    images = calibration(settings(tmp_path / "mine"), transform)
+    assert images.images.shape == (24, 3, 224, 224)
+    assert images.held_out.shape == (16, 3, 224, 224)
+    expected = transform(_decoded(paths[-1])).numpy()
+    np.testing.assert_allclose(images.held_out[-1], expected, atol=1e-6)  # by name, last
+    before = images.digest
+    paths[0].write_bytes(distinct_image(99)[0])  # another image under the same name
+    os.utime(paths[0], ns=(1, 1))
+    assert calibration(settings(tmp_path / "mine"), transform).digest != before
+
+
+def test_without_a_folder_the_built_in_images_calibrate() -> None:
+    images = calibration(settings(None), transform)
+    assert images.images.shape[0] == quantization.BUILT_IN_IMAGES
+    assert images.held_out.shape[0] == quantization.HELD_OUT
+    assert images.digest == calibration(settings(None), transform).digest  # found again later
+
+
+def test_a_folder_too_small_or_holding_a_bad_image_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not a folder"):
+        calibration(settings(tmp_path / "missing"), transform)
+    write_images(tmp_path / "few", 31)
+    with pytest.raises(ModelLoadError, match="holds 31 JPEG/PNG images; int8 needs at least 32"):
+        calibration(settings(tmp_path / "few"), transform)
+    paths = write_images(tmp_path / "bad", 32)
+    paths[5].write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(ModelLoadError, match=f"calibration image {paths[5]} cannot be read"):
+        calibration(settings(tmp_path / "bad"), transform)
+
+
+class _Stem(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = torch.nn.AvgPool2d(16)
+        self.linear = torch.nn.Linear(3 * 14 * 14, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.linear(self.pool(x).flatten(1)))
+
+
+class _Head(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.linear(torch.nn.functional.gelu(x)))
+
+
+@pytest.fixture(scope="module")
+def tower() -> tuple[ov.Model, list[ov.Model], Calibration]:
+    """A two-step stand-in for the image tower, and random images to calibrate it on."""
+    torch.manual_seed(0)
+    stem, head = _Stem().eval(), _Head().eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        whole = ov.convert_model(torch.nn.Sequential(stem, head), example_input=x)
+        steps = [
+            ov.convert_model(stem, example_input=x),
+            ov.convert_model(head, example_input=stem(x)),
+        ]
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 3, 224, 224), dtype=np.float32)
+    return whole, steps, Calibration(images[:24], images[24:], "random")
+
+
+def test_quantized_towers_are_int8_and_agree_with_float32(
+    tower: tuple[ov.Model, list[ov.Model], Calibration],
+) -> None:
+    whole, steps, images = tower
+    int8_whole, int8_steps = quantize(ov.Core(), whole, steps, images, quantization.FLOAT32)
+    assert len(int8_steps) == 2
+    for model in (int8_whole, *int8_steps):
+        assert "FakeQuantize" in {op.get_type_name() for op in model.get_ops()}
+    core = ov.Core()
+    expected = core.compile_model(whole, "CPU", quantization.FLOAT32)(images.held_out)[0]
+    got = core.compile_model(int8_whole, "CPU", quantization.FLOAT32)(images.held_out)[0]
+    assert lowest_cosine(np.asarray(expected), np.asarray(got)) >= quantization.MIN_COSINE
+
+
+def test_towers_under_the_bar_are_refused(
+    tower: tuple[ov.Model, list[ov.Model], Calibration], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, steps, images = tower
+    monkeypatch.setattr(quantization, "MIN_COSINE", 1.0001)  # no quantized tower reaches it
+    refused = r"lowest cosine of [01]\.\d{5} to float32's .* under 1\.0001"
+    with pytest.raises(ModelLoadError, match=refused):
+        quantize(ov.Core(), whole, steps, images, quantization.FLOAT32)
+
+
+def test_lowest_cosine_is_of_the_rows_as_they_are() -> None:
+    a = np.array([[1.0, 0.0], [3.0, 4.0]], dtype=np.float32)
+    b = np.array([[2.0, 0.0], [4.0, -3.0]], dtype=np.float32)
+    assert lowest_cosine(a, b) == pytest.approx(0.0)
+    assert lowest_cosine(a, a * 5) == pytest.approx(1.0)
+
+
+def _decoded(path: Path) -> object:
+    return decode_rgb(path.read_bytes(), ImageLimits())
