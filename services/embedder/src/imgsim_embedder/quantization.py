@@ -2,9 +2,9 @@
 
 ``EMBEDDER_MODEL__QUANTIZATION=int8`` runs the image tower's matrix products in int8 (this
 CPU has AVX-512 VNNI). Measured on the 2-core dev machine with random weights (seed 0),
-against OpenVINO bf16 of the same weights in the same run (bench/RESULTS.md): an image
-alone 21.1 ms against 41.8, the bulk pass at batch 16 64.0 images/s against 31.1, the
-vectors' lowest cosine to float32's on held-out images 0.9997.
+against this embedder's OpenVINO bf16 in the same run (bench/RESULTS.md, 2026-12-07): an
+image alone 17.3 ms against 29.5, batch 32 74.1 images/s against 43.9, the vectors'
+lowest cosine to float32's 0.9997; `make bench` end to end 44.6 images/s against 27.3.
 
 Decisions:
 
@@ -17,8 +17,8 @@ Decisions:
   bulk pass, which lets queries run between steps). Step ``i`` is calibrated on what the
   float32 steps before it give for the calibration images.
 - The quantized towers run with OpenVINO's f32 inference precision for what stays in
-  floating point: measured faster than bf16 there (an image alone 21.1 against 23.2 ms;
-  batch 16 the same) and closer to float32.
+  floating point: measured faster than bf16 there (in a probe, an image alone 21.1
+  against 23.2 ms; batch 16 the same) and closer to float32.
 - Checked before use: the whole tower and the steps on held-out images (the last 16 of
   ``calibration_dir`` by name, or 16 more built-in ones) against the float32 tower; a
   lowest cosine under :data:`MIN_COSINE` refuses to start, naming the figure.
