@@ -15,6 +15,11 @@ from imgsim_devstack.processes import KafkaBroker, RedisServer, ServiceProcess, 
 
 log = logging.getLogger(__name__)
 
+# A model's first start converts it for OpenVINO (~20 s here) and, with
+# EMBEDDER_MODEL__QUANTIZATION=int8, quantizes it (~50 s more): 92 s to ready on the
+# 2-core dev machine. Later starts read both back from the model cache (~3 s).
+FIRST_START_S = {"embedder": 300.0}
+
 
 @dataclass
 class StackConfig:
@@ -106,7 +111,7 @@ def start_services(config: StackConfig, bootstrap: str, redis_url: str) -> list[
             started.append(service)
             service.spawn()
         for service in started:
-            service.wait_ready()
+            service.wait_ready(FIRST_START_S.get(service.name, 120.0))
     except BaseException:
         for service in reversed(started):
             service.stop()
