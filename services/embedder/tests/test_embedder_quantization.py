@@ -1,5 +1,5 @@
-"""int8 quantization's parts on their own: the calibration images a setting names, and the
-check that refuses towers whose vectors stray from float32's (on a small stand-in tower,
+"""int8 quantization's parts on their own: the calibration inputs a setting names, and the
+check that refuses towers whose vectors stray from float32's (on small stand-in towers,
 so that this runs in seconds; test_openvino_encoder quantizes CLIP itself)."""
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ def write_images(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def tokenizer(texts: list[str]) -> torch.Tensor:
+    """A stand-in tokenizer: each text's word lengths, padded to 8 (values < 16)."""
+    rows = [[len(word) % 16 for word in text.split()][:8] for text in texts]
+    return torch.tensor([row + [0] * (8 - len(row)) for row in rows], dtype=torch.int64)
+
+
 def settings(folder: Path | None) -> ModelSettings:
     return ModelSettings(weights="random", quantization="int8", calibration_dir=folder)
 
@@ -45,7 +51,7 @@ def settings(folder: Path | None) -> ModelSettings:
 def test_a_folder_calibrates_on_its_images_and_holds_the_last_sixteen_out(tmp_path: Path) -> None:
     paths = write_images(tmp_path / "mine", 40)
     (tmp_path / "mine" / "notes.txt").write_text("not an image, not counted")
-    images = calibration(settings(tmp_path / "mine"), transform)
+    images = calibration(settings(tmp_path / "mine"), transform, tokenizer)
     assert images.images.shape == (24, 3, 224, 224)
     assert images.held_out.shape == (16, 3, 224, 224)
     expected = transform(_decoded(paths[-1])).numpy()
@@ -53,26 +59,36 @@ def test_a_folder_calibrates_on_its_images_and_holds_the_last_sixteen_out(tmp_pa
     before = images.digest
     paths[0].write_bytes(distinct_image(99)[0])  # another image under the same name
     os.utime(paths[0], ns=(1, 1))
-    assert calibration(settings(tmp_path / "mine"), transform).digest != before
+    assert calibration(settings(tmp_path / "mine"), transform, tokenizer).digest != before
 
 
 def test_without_a_folder_the_built_in_images_calibrate() -> None:
-    images = calibration(settings(None), transform)
+    images = calibration(settings(None), transform, tokenizer)
     assert images.images.shape[0] == quantization.BUILT_IN_IMAGES
     assert images.held_out.shape[0] == quantization.HELD_OUT
-    assert images.digest == calibration(settings(None), transform).digest  # found again later
+    assert images.texts.shape == (quantization.BUILT_IN_IMAGES, 8)
+    assert images.held_out_texts.shape == (quantization.HELD_OUT, 8)
+    assert images.texts.dtype == np.int64
+    again = calibration(settings(None), transform, tokenizer)
+    assert images.digest == again.digest  # a later start finds its towers
+
+
+def test_the_built_in_captions_are_distinct_and_spread() -> None:
+    texts = quantization.captions(80)
+    assert len(set(texts)) == 80
+    assert len({text.split()[4] for text in texts}) >= 8  # many kinds of thing, not one
 
 
 def test_a_folder_too_small_or_holding_a_bad_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a folder"):
-        calibration(settings(tmp_path / "missing"), transform)
+        calibration(settings(tmp_path / "missing"), transform, tokenizer)
     write_images(tmp_path / "few", 31)
     with pytest.raises(ModelLoadError, match="holds 31 JPEG/PNG images; int8 needs at least 32"):
-        calibration(settings(tmp_path / "few"), transform)
+        calibration(settings(tmp_path / "few"), transform, tokenizer)
     paths = write_images(tmp_path / "bad", 32)
     paths[5].write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(ModelLoadError, match=f"calibration image {paths[5]} cannot be read"):
-        calibration(settings(tmp_path / "bad"), transform)
+        calibration(settings(tmp_path / "bad"), transform, tokenizer)
 
 
 class _Stem(torch.nn.Module):
@@ -85,6 +101,16 @@ class _Stem(torch.nn.Module):
         return cast(torch.Tensor, self.linear(self.pool(x).flatten(1)))
 
 
+class _Text(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(16, 64)
+        self.linear = torch.nn.Linear(64 * 8, 64)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.linear(self.embedding(tokens).flatten(1)))
+
+
 class _Head(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -94,45 +120,53 @@ class _Head(torch.nn.Module):
         return cast(torch.Tensor, self.linear(torch.nn.functional.gelu(x)))
 
 
+Towers = tuple[ov.Model, list[ov.Model], ov.Model, Calibration]
+
+
 @pytest.fixture(scope="module")
-def tower() -> tuple[ov.Model, list[ov.Model], Calibration]:
-    """A two-step stand-in for the image tower, and random images to calibrate it on."""
+def towers() -> Towers:
+    """Stand-ins for the image tower (two steps) and the text tower, and random inputs to
+    calibrate them on."""
     torch.manual_seed(0)
-    stem, head = _Stem().eval(), _Head().eval()
+    stem, head, text = _Stem().eval(), _Head().eval(), _Text().eval()
     x = torch.rand(2, 3, 224, 224)
+    tokens = torch.randint(0, 16, (2, 8))
     with torch.no_grad():
         whole = ov.convert_model(torch.nn.Sequential(stem, head), example_input=x)
         steps = [
             ov.convert_model(stem, example_input=x),
             ov.convert_model(head, example_input=stem(x)),
         ]
+        text_model = ov.convert_model(text, example_input=tokens)
     rng = np.random.default_rng(0)
     images = rng.random((40, 3, 224, 224), dtype=np.float32)
-    return whole, steps, Calibration(images[:24], images[24:], "random")
+    texts = rng.integers(0, 16, (40, 8), dtype=np.int64)
+    inputs = Calibration(images[:24], images[24:], texts[:24], texts[24:], "random")
+    return whole, steps, text_model, inputs
 
 
-def test_quantized_towers_are_int8_and_agree_with_float32(
-    tower: tuple[ov.Model, list[ov.Model], Calibration],
-) -> None:
-    whole, steps, images = tower
-    int8_whole, int8_steps = quantize(ov.Core(), whole, steps, images, quantization.FLOAT32)
+def test_quantized_towers_are_int8_and_agree_with_float32(towers: Towers) -> None:
+    whole, steps, text, inputs = towers
+    int8_whole, int8_steps, int8_text = quantize(
+        ov.Core(), whole, steps, text, inputs, quantization.FLOAT32
+    )
     assert len(int8_steps) == 2
-    for model in (int8_whole, *int8_steps):
+    for model in (int8_whole, *int8_steps, int8_text):
         assert "FakeQuantize" in {op.get_type_name() for op in model.get_ops()}
     core = ov.Core()
-    expected = core.compile_model(whole, "CPU", quantization.FLOAT32)(images.held_out)[0]
-    got = core.compile_model(int8_whole, "CPU", quantization.FLOAT32)(images.held_out)[0]
-    assert lowest_cosine(np.asarray(expected), np.asarray(got)) >= quantization.MIN_COSINE
+    for float32, int8, x in ((whole, int8_whole, inputs.held_out),
+                             (text, int8_text, inputs.held_out_texts)):  # fmt: skip
+        expected = core.compile_model(float32, "CPU", quantization.FLOAT32)(x)[0]
+        got = core.compile_model(int8, "CPU", quantization.FLOAT32)(x)[0]
+        assert lowest_cosine(np.asarray(expected), np.asarray(got)) >= quantization.MIN_COSINE
 
 
-def test_towers_under_the_bar_are_refused(
-    tower: tuple[ov.Model, list[ov.Model], Calibration], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    whole, steps, images = tower
+def test_towers_under_the_bar_are_refused(towers: Towers, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole, steps, text, inputs = towers
     monkeypatch.setattr(quantization, "MIN_COSINE", 1.0001)  # no quantized tower reaches it
-    refused = r"lowest cosine of [01]\.\d{5} to float32's .* under 1\.0001"
+    refused = r"lowest cosine of [01]\.\d{5} to float32's on the held-out calibration images"
     with pytest.raises(ModelLoadError, match=refused):
-        quantize(ov.Core(), whole, steps, images, quantization.FLOAT32)
+        quantize(ov.Core(), whole, steps, text, inputs, quantization.FLOAT32)
 
 
 def test_lowest_cosine_is_of_the_rows_as_they_are() -> None:

@@ -173,10 +173,10 @@ class ModelSettings(BaseModel):
     )
     quantization: Literal["none", "int8"] = Field(
         default="none",
-        description="int8: the image tower's matrix products in int8 on OpenVINO (NNCF's "
+        description="int8: both towers' matrix products in int8 on OpenVINO (NNCF's "
         "post-training quantization, done at the first start and kept in cache_dir); "
-        "1.4-2x the bf16 speed here. A start refuses it unless its vectors keep cosine >= "
-        "0.99 to float32's on held-out images. Texts stay in dtype.",
+        "1.6-1.9x the bf16 speed here. A start refuses it unless its vectors keep cosine "
+        ">= 0.99 to float32's on held-out images and captions.",
     )
     calibration_dir: Path | None = Field(
         default=None,

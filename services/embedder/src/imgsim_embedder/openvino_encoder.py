@@ -22,6 +22,10 @@ Decisions:
   the process holds ~340 MB of anonymous memory more than torch's bf16 model (measured:
   1,150 against 807 MB after load; the rest of its RSS is those files, mapped). A cache
   that cannot be written only costs the next start its conversion.
+- ``quantization=int8``: the three kinds quantized from the converted models (see
+  :mod:`imgsim_embedder.quantization`), kept in an ``int8-<digest>`` folder inside the
+  converted models' one, and compiled with f32 precision for what stays in floating
+  point. A later start reads them back without the converted models.
 - The steps hold a second copy of the image tower's weights (~176 MB in bf16): the
   price of preemptible bulk passes beside the faster whole pass for queries.
 - Everything runs on the batcher's one inference thread: an infer request is not
@@ -41,7 +45,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -111,32 +115,30 @@ class _Text(torch.nn.Module):
 
 @dataclass(frozen=True)
 class _Converted:
-    """The three kinds of model, in memory or as the paths of their files in the cache;
-    no text for the int8 image towers (the text tower is the converted one)."""
+    """The three kinds of model, in memory or as the paths of their files in the cache."""
 
     whole: ov.Model | str
     steps: list[ov.Model] | list[str]
-    text: ov.Model | str | None
+    text: ov.Model | str
 
     def save(self, folder: Path) -> None:
         """As they are: weights in float32, so a model read back gives the same vectors
         as the one just converted (float16 would halve the ~900 MB and shift them)."""
-        models = [("whole", self.whole)] + ([("text", self.text)] if self.text else [])
+        models = [("whole", self.whole), ("text", self.text)]
         models += [(f"step{i:02d}", step) for i, step in enumerate(self.steps)]
         for name, model in models:
             assert isinstance(model, ov.Model)
             ov.save_model(model, folder / f"{name}.xml", compress_to_fp16=False)
 
     @classmethod
-    def at(cls, folder: Path, *, text: bool = True) -> _Converted:
-        """The models saved in ``folder`` (``text=False``: the image towers alone)."""
+    def at(cls, folder: Path) -> _Converted:
         steps = sorted(folder.glob("step*.xml"))
         if not steps or not (folder / "whole.xml").is_file():
             raise FileNotFoundError(folder / "whole.xml")
         return cls(
             whole=str(folder / "whole.xml"),
             steps=[str(path) for path in steps],
-            text=str(folder / "text.xml") if text else None,
+            text=str(folder / "text.xml"),
         )
 
 
@@ -151,17 +153,7 @@ class _Compiled:
         return cls(
             whole=core.compile_model(converted.whole, "CPU", config),
             steps=[core.compile_model(step, "CPU", config) for step in converted.steps],
-            text=core.compile_model(_text(converted), "CPU", config),
-        )
-
-    def with_image_towers(
-        self, core: ov.Core, converted: _Converted, config: dict[str, Any]
-    ) -> _Compiled:
-        """These towers with the image towers of ``converted`` in their place (int8's)."""
-        return replace(
-            self,
-            whole=core.compile_model(converted.whole, "CPU", config),
-            steps=[core.compile_model(step, "CPU", config) for step in converted.steps],
+            text=core.compile_model(converted.text, "CPU", config),
         )
 
 
@@ -220,16 +212,15 @@ def _compiled(
     weights are then not held in memory beside the compiled bf16 ones.
     """
     folder = _cache_folder(settings)
-    converted, core, compiled = _converted(settings, folder, model, tokenizer, config)
     if settings.quantization == "none":
-        return compiled
-    images = quantization.calibration(settings, transform)
-    image_config = {**config, **quantization.FLOAT32}
-    int8 = folder / f"int8-{images.digest}"
+        return _converted(settings, folder, model, tokenizer, config)[2]
+    inputs = quantization.calibration(settings, transform, tokenizer)
+    int8_config = {**config, **quantization.FLOAT32}
+    int8 = folder / f"int8-{inputs.digest}"
     damaged = False
     if int8.is_dir():
         try:
-            towers = compiled.with_image_towers(core, _Converted.at(int8, text=False), image_config)
+            towers = _Compiled.of(_core(folder), _Converted.at(int8), int8_config)
         except (FileNotFoundError, RuntimeError) as exc:
             log.warning("the int8 towers in %s cannot be read (%s); quantizing again",
                         int8, exc)  # fmt: skip
@@ -237,15 +228,16 @@ def _compiled(
         else:
             log.info("int8 towers of %s read from %s", settings.model_id, int8)
             return towers
+    converted, core, _ = _converted(settings, folder, model, tokenizer, config)
     started = time.perf_counter()
-    whole, steps = quantization.quantize(
-        core, converted.whole, converted.steps, images, image_config
+    whole, steps, text = quantization.quantize(
+        core, converted.whole, converted.steps, converted.text, inputs, int8_config
     )
     log.info("quantized %s to int8 in %.1f s", settings.model_id, time.perf_counter() - started)
-    quantized = _Converted(whole=whole, steps=steps, text=None)
+    quantized = _Converted(whole=whole, steps=steps, text=text)
     if isinstance(converted.whole, str) and _keep(int8, quantized.save, damaged):
-        quantized = _Converted.at(int8, text=False)
-    return compiled.with_image_towers(core, quantized, image_config)
+        quantized = _Converted.at(int8)
+    return _Compiled.of(core, quantized, int8_config)
 
 
 def _converted(
@@ -302,12 +294,6 @@ def _keep(folder: Path, save: Callable[[Path], None], damaged: bool) -> bool:
                         "again", folder, exc)  # fmt: skip
             return False
     return True
-
-
-def _text(converted: _Converted) -> ov.Model | str:
-    if converted.text is None:
-        raise ValueError("the int8 image towers have no text tower")
-    return converted.text
 
 
 def _core(folder: Path) -> ov.Core:
@@ -375,7 +361,7 @@ class OpenVinoEncoder:
         del model  # the torch model is not needed once compiled: ~600 MB
         prepare_on_one_thread()
         if settings.quantization == "int8":
-            precision = f"int8 images, {precision} texts"
+            precision = "int8"
         encoder = cls(
             compiled, transform, tokenizer, model_id=settings.model_id, dim=dim,
             precision=precision,
