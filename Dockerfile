@@ -122,7 +122,9 @@ RUN test -x /app/.venv/bin/imgsim-embedder \
  && chown imgsim:imgsim /models
 
 # Pretrained weights are downloaded once into the /models volume (Hugging Face cache),
-# and on a CPU converted once for OpenVINO into /models/openvino. Metrics on :9101/metrics.
+# and on a CPU converted once for OpenVINO into /models/openvino (and, with
+# EMBEDDER_MODEL__QUANTIZATION=int8, quantized once there; mount your calibration images
+# and point EMBEDDER_MODEL__CALIBRATION_DIR at them). Metrics on :9101/metrics.
 ENV HF_HOME=/models \
     EMBEDDER_MODEL__CACHE_DIR=/models/openvino \
     EMBEDDER_METRICS_PORT=9101 \
