@@ -3,7 +3,7 @@ ceilings without it, and the running stack, side by side, with the targets as ra
 
     uv run python bench/bench.py                 # starts its own stack in a temp folder
     uv run python bench/bench.py --markdown out.md
-    uv run python bench/bench.py --quantization int8   # the embedder's int8 image towers
+    uv run python bench/bench.py --quantization int8   # the embedder's int8 towers
 
 Phases, in this order, in one process (nothing else should run on the machine):
 
@@ -941,7 +941,7 @@ def main() -> None:
     header = (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {platform.node()}, {cpu}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}"
-        + (", int8 image towers" if args.quantization == "int8" else "")
+        + (", int8 towers" if args.quantization == "int8" else "")
     )
     print(header, flush=True)
     report = Report()

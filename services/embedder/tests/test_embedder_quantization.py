@@ -17,7 +17,7 @@ from imgsim_core.images import decode_rgb
 from imgsim_core.settings import ImageLimits, ModelSettings
 from imgsim_embedder import quantization
 from imgsim_embedder.errors import ModelLoadError
-from imgsim_embedder.quantization import Calibration, calibration, lowest_cosine, quantize
+from imgsim_embedder.quantization import Calibration, lowest_cosine, quantize, source
 from imgsim_embedder.testimages import distinct_image
 
 
@@ -51,26 +51,27 @@ def settings(folder: Path | None) -> ModelSettings:
 def test_a_folder_calibrates_on_its_images_and_holds_the_last_sixteen_out(tmp_path: Path) -> None:
     paths = write_images(tmp_path / "mine", 40)
     (tmp_path / "mine" / "notes.txt").write_text("not an image, not counted")
-    images = calibration(settings(tmp_path / "mine"), transform, tokenizer)
+    mine = source(settings(tmp_path / "mine"))
+    images = mine.prepared(transform, tokenizer)
     assert images.images.shape == (24, 3, 224, 224)
     assert images.held_out.shape == (16, 3, 224, 224)
     expected = transform(_decoded(paths[-1])).numpy()
     np.testing.assert_allclose(images.held_out[-1], expected, atol=1e-6)  # by name, last
-    before = images.digest
+    before = mine.digest
     paths[0].write_bytes(distinct_image(99)[0])  # another image under the same name
     os.utime(paths[0], ns=(1, 1))
-    assert calibration(settings(tmp_path / "mine"), transform, tokenizer).digest != before
+    assert source(settings(tmp_path / "mine")).digest != before
 
 
 def test_without_a_folder_the_built_in_images_calibrate() -> None:
-    images = calibration(settings(None), transform, tokenizer)
+    built_in = source(settings(None))
+    images = built_in.prepared(transform, tokenizer)
     assert images.images.shape[0] == quantization.BUILT_IN_IMAGES
     assert images.held_out.shape[0] == quantization.HELD_OUT
     assert images.texts.shape == (quantization.BUILT_IN_IMAGES, 8)
     assert images.held_out_texts.shape == (quantization.HELD_OUT, 8)
     assert images.texts.dtype == np.int64
-    again = calibration(settings(None), transform, tokenizer)
-    assert images.digest == again.digest  # a later start finds its towers
+    assert built_in.digest == source(settings(None)).digest  # a later start finds its towers
 
 
 def test_the_built_in_captions_are_distinct_and_spread() -> None:
@@ -81,14 +82,14 @@ def test_the_built_in_captions_are_distinct_and_spread() -> None:
 
 def test_a_folder_too_small_or_holding_a_bad_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a folder"):
-        calibration(settings(tmp_path / "missing"), transform, tokenizer)
+        source(settings(tmp_path / "missing"))
     write_images(tmp_path / "few", 31)
     with pytest.raises(ModelLoadError, match="holds 31 JPEG/PNG images; int8 needs at least 32"):
-        calibration(settings(tmp_path / "few"), transform, tokenizer)
+        source(settings(tmp_path / "few"))
     paths = write_images(tmp_path / "bad", 32)
     paths[5].write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(ModelLoadError, match=f"calibration image {paths[5]} cannot be read"):
-        calibration(settings(tmp_path / "bad"), transform, tokenizer)
+        source(settings(tmp_path / "bad")).prepared(transform, tokenizer)
 
 
 class _Stem(torch.nn.Module):
@@ -141,7 +142,7 @@ def towers() -> Towers:
     rng = np.random.default_rng(0)
     images = rng.random((40, 3, 224, 224), dtype=np.float32)
     texts = rng.integers(0, 16, (40, 8), dtype=np.int64)
-    inputs = Calibration(images[:24], images[24:], texts[:24], texts[24:], "random")
+    inputs = Calibration(images[:24], images[24:], texts[:24], texts[24:])
     return whole, steps, text_model, inputs
 
 

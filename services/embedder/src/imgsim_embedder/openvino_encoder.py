@@ -214,9 +214,9 @@ def _compiled(
     folder = _cache_folder(settings)
     if settings.quantization == "none":
         return _converted(settings, folder, model, tokenizer, config)[2]
-    inputs = quantization.calibration(settings, transform, tokenizer)
+    source = quantization.source(settings)
     int8_config = {**config, **quantization.FLOAT32}
-    int8 = folder / f"int8-{inputs.digest}"
+    int8 = folder / f"int8-{source.digest}"
     damaged = False
     if int8.is_dir():
         try:
@@ -230,6 +230,7 @@ def _compiled(
             return towers
     converted, core, _ = _converted(settings, folder, model, tokenizer, config)
     started = time.perf_counter()
+    inputs = source.prepared(transform, tokenizer)
     whole, steps, text = quantization.quantize(
         core, converted.whole, converted.steps, converted.text, inputs, int8_config
     )

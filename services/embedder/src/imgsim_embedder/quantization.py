@@ -79,21 +79,47 @@ _PLACES = ("on a beach", "in the snow", "at night", "on a table", "in a city str
 
 @dataclass(frozen=True)
 class Calibration:
-    """Preprocessed images and tokenized captions to calibrate on and to check with, and
-    what names them."""
+    """Preprocessed images and tokenized captions to calibrate on and to check with."""
 
     images: Array
     held_out: Array
     texts: Tokens
     held_out_texts: Tokens
-    source: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """The calibration inputs, named but not read: a start that finds its int8 towers in
+    the cache needs only :attr:`digest`; :meth:`prepared` reads them to quantize."""
+
+    paths: list[Path] | None  # None: the built-in images
+    name: str
 
     @property
     def digest(self) -> str:
         """Names the quantized towers in the cache: NNCF's version and these inputs."""
-        parts = [nncf_version(), self.source, str(len(self.images)), str(len(self.held_out))]
-        parts += ["texts", str(len(self.texts)), str(len(self.held_out_texts))]
+        images = len(self.paths) if self.paths else BUILT_IN_IMAGES + HELD_OUT
+        parts = [nncf_version(), self.name, str(images), "texts", str(BUILT_IN_IMAGES + HELD_OUT)]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+    def prepared(
+        self,
+        transform: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+    ) -> Calibration:
+        """The images preprocessed (the last ``HELD_OUT`` held out), and the built-in
+        captions tokenized."""
+        if self.paths is None:
+            named = [(f"built-in image {i}", data) for i, (data, _) in
+                     enumerate(distinct_images(BUILT_IN_IMAGES + HELD_OUT))]  # fmt: skip
+        else:
+            named = [(str(p), p.read_bytes()) for p in self.paths]
+        images = np.stack([_prepared(name, data, transform) for name, data in named])
+        texts = tokenizer(captions(BUILT_IN_IMAGES + HELD_OUT)).numpy()
+        tokens = np.asarray(texts, dtype=np.int64)
+        return Calibration(
+            images[:-HELD_OUT], images[-HELD_OUT:], tokens[:-HELD_OUT], tokens[-HELD_OUT:]
+        )
 
 
 def nncf_version() -> str:
@@ -112,33 +138,20 @@ def captions(n: int) -> list[str]:
     return [every[(i * stride) % len(every)] for i in range(n)]
 
 
-def calibration(
-    settings: ModelSettings,
-    transform: Callable[[Image.Image], torch.Tensor],
-    tokenizer: Callable[[list[str]], torch.Tensor],
-) -> Calibration:
-    """The images of ``settings.calibration_dir`` (or the built-in ones), preprocessed,
-    and the built-in captions, tokenized."""
+def source(settings: ModelSettings) -> Source:
+    """The images of ``settings.calibration_dir`` (listed, not read), or the built-in ones."""
     folder = settings.calibration_dir
-    if folder is None:
-        named = [(f"built-in image {i}", data) for i, (data, _) in
-                 enumerate(distinct_images(BUILT_IN_IMAGES + HELD_OUT))]  # fmt: skip
-        source = f"built-in:{BUILT_IN_IMAGES}"
-        if settings.weights != "random":
-            log.warning(
-                "int8 calibrated on built-in synthetic images (flat colours and shapes): "
-                "set EMBEDDER_MODEL__CALIBRATION_DIR to some of your own images"
-            )
-    else:
-        named, source = _folder_images(folder.expanduser())
-    prepared = np.stack([_prepared(name, data, transform) for name, data in named])
-    tokens = np.asarray(tokenizer(captions(BUILT_IN_IMAGES + HELD_OUT)).numpy(), dtype=np.int64)
-    return Calibration(
-        prepared[:-HELD_OUT], prepared[-HELD_OUT:], tokens[:-HELD_OUT], tokens[-HELD_OUT:], source
-    )
+    if folder is not None:
+        return _folder_source(folder.expanduser())
+    if settings.weights != "random":
+        log.warning(
+            "int8 calibrated on built-in synthetic images (flat colours and shapes): "
+            "set EMBEDDER_MODEL__CALIBRATION_DIR to some of your own images"
+        )
+    return Source(None, f"built-in:{BUILT_IN_IMAGES}")
 
 
-def _folder_images(folder: Path) -> tuple[list[tuple[str, bytes]], str]:
+def _folder_source(folder: Path) -> Source:
     if not folder.is_dir():
         raise ModelLoadError(f"EMBEDDER_MODEL__CALIBRATION_DIR {folder} is not a folder")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in _SUFFIXES and p.is_file())
@@ -148,8 +161,8 @@ def _folder_images(folder: Path) -> tuple[list[tuple[str, bytes]], str]:
             f"int8 needs at least {MIN_IMAGES} (the last {HELD_OUT} by name check it)"
         )
     paths = paths[:-HELD_OUT][:MAX_CALIBRATION] + paths[-HELD_OUT:]
-    source = "\0".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
-    return [(str(p), p.read_bytes()) for p in paths], source
+    name = "\0".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
+    return Source(paths, name)
 
 
 def _prepared(name: str, data: bytes, transform: Callable[[Image.Image], torch.Tensor]) -> Array:
