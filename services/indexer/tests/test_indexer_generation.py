@@ -7,16 +7,19 @@ installed.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from indexer_samples import DIM, MODEL, make_point, unit_vector
 from redis.asyncio import Redis
 
-from imgsim_core.contracts import ImageEmbedded, pack_vector
+from imgsim_core.contracts import ImageEmbedded, ImageRecord, LookupRequested, pack_vector
+from imgsim_core.kafka import now_ms
 from imgsim_core.redisclient import generation_key, make_redis
 from imgsim_core.settings import QdrantSettings, RedisSettings
 from imgsim_devstack.processes import RedisServer, free_port
@@ -95,5 +98,66 @@ async def test_a_batch_that_writes_bumps_the_generation(redis: Redis, tmp_path: 
             await test_broker.publish(None, SETTINGS.kafka.topics.vectors, key=b"new")  # delete
             assert await redis.get(KEY) == b"2"
             assert await store.count() == 0
+    finally:
+        await store.close()
+
+
+class HeldIncr:
+    """A real client whose ``INCR`` waits until the test lets it through."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def incr(self, key: str) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return await self.client.incr(key)
+
+
+@needs_redis
+@pytest.mark.integration  # a real redis-server: not part of `make test-unit`
+async def test_a_lookup_shows_a_write_only_once_its_generation_moved(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """A write that waits is answered when a lookup shows it; were the lookup answered
+    between the batch's upsert and its bump, a search right after could be served a
+    result cached before the write."""
+    store = EdgeStore(QdrantSettings(path=tmp_path), DIM)
+    await store.open()
+    held = HeldIncr(redis)
+    settings = SETTINGS.model_copy(update={"redis": RedisSettings(timeout_s=30)})
+    broker = KafkaBroker()
+    state = IndexerState(Collections(store, settings), redis=held)  # type: ignore[arg-type]
+    broker.include_router(build_router(settings, state))
+    event = ImageEmbedded(
+        image_id="new",
+        model_id=MODEL.model_id,
+        dim=DIM,
+        vector=pack_vector(unit_vector(1)),
+        embedded_at=make_point("x", 0).indexed_at,
+    )
+    lookup = LookupRequested(image_id="new", deadline_ms=now_ms() + 10_000)
+    try:
+        async with TestKafkaBroker(broker) as test_broker:
+            batch = asyncio.create_task(
+                test_broker.publish(
+                    event.model_dump_json(), SETTINGS.kafka.topics.vectors, key=b"new"
+                )
+            )
+            await asyncio.wait_for(held.entered.wait(), 5)  # upserted, bump not yet done
+            assert await store.get("new") is not None
+            asked = asyncio.create_task(
+                test_broker.request(lookup, SETTINGS.kafka.topics.lookups, timeout=10)
+            )
+            done, _ = await asyncio.wait([asked], timeout=0.5)
+            assert not done, "the lookup was answered before the generation moved"
+
+            held.release.set()
+            record = ImageRecord.model_validate_json((await asked).body)
+            await batch
+            assert record.found
+            assert await redis.get(KEY) == b"1"
     finally:
         await store.close()

@@ -5,7 +5,10 @@
   makes FastStream seek back and redeliver the batch (point ids are UUIDv5 of the image
   id, so replays overwrite). It reads the raw records, because a tombstone (null value)
   is a delete. A batch that changed the store then bumps the result-cache generation in
-  Redis (:mod:`imgsim_indexer.cache`; a Redis failure is logged, never fails the batch).
+  Redis (:mod:`imgsim_indexer.cache`; a Redis failure is logged, never fails the batch),
+  and lookups wait while a batch is between its writes and that bump
+  (:class:`~imgsim_indexer.cache.Landing`), so a write that waits is answered only once
+  no cached result can hide it.
 - ``search``, ``lookup`` and ``status`` are request/reply responders: FastStream
   publishes the returned model to the request's ``reply_to`` topic with its
   ``correlation_id``. They take the message as
@@ -64,7 +67,7 @@ from imgsim_core.kafka import batch_records, produce_all, records_of, safe_batch
 from imgsim_core.redisclient import generation_key
 from imgsim_core.responders import BadRequestError, Received, decode_request, received
 from imgsim_indexer import answers
-from imgsim_indexer.cache import bump_generation
+from imgsim_indexer.cache import Landing, bump_generation
 from imgsim_indexer.errors import (
     NotStartedError,
     ReindexRefusedError,
@@ -96,6 +99,7 @@ class IndexerState:
     deadletter_producer: AIOKafkaProducer | None = None
     redis: Redis | None = None  # None: no generation bumps (tests without Redis)
     bump_owed: bool = False  # a bump failed (Redis down): retried with the next batch
+    landing: Landing = field(default_factory=Landing)  # lookups wait for a batch's bump
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -145,19 +149,22 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
     @vectors
     async def index_vectors(message: KafkaMessage) -> None:
         records: tuple[ConsumerRecord[bytes, bytes], ...] = records_of(message)
-        with UPSERT_SECONDS.time():
-            plan = await state.collections.apply(records)
+        async with state.landing.held():
+            with UPSERT_SECONDS.time():
+                plan = await state.collections.apply(records)
+            if state.redis is not None and (plan.upserts or plan.deletes or state.bump_owed):
+                bumped = await bump_generation(
+                    state.redis,
+                    generation_key(kafka.topic_prefix),
+                    timeout_s=settings.redis.timeout_s,
+                )
+                state.bump_owed = bumped is None
         if plan.dead_letters:
             await produce_all(state.producer, plan.dead_letters)
         UPSERTED.inc(len(plan.upserts))
         DELETED.inc(len(plan.deletes))
         for code in plan.dead_letter_codes:
             DEADLETTERS.labels(code).inc()
-        if state.redis is not None and (plan.upserts or plan.deletes or state.bump_owed):
-            bumped = await bump_generation(
-                state.redis, generation_key(kafka.topic_prefix), timeout_s=settings.redis.timeout_s
-            )
-            state.bump_owed = bumped is None
         log.debug(
             "batch of %d: %d upserted, %d deleted, %d dead letters",
             len(records),
@@ -190,6 +197,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         if request is None:
             answers.LOOKUPS.labels("expired").inc()
             raise AckMessage()
+        await state.landing.passed()
         return await answers.lookup(state.collections, request)
 
     @responder(topics.duplicates, "duplicates", "DuplicatesRequested JSON → DuplicatesReplied.")
