@@ -1,10 +1,17 @@
-"""The gateway's /metrics: request count and latency by route template and status."""
+"""The gateway's /metrics: request count and latency by route template and status, and
+the folder several worker processes keep their counters in."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 
+from imgsim_gateway.__main__ import metrics_dir
 from imgsim_gateway.app import create_app
 from imgsim_gateway.settings import GatewaySettings
 
@@ -78,3 +85,27 @@ async def test_an_untraced_gateway_carries_the_clients_trace_context_on() -> Non
         await client.get("/")
     assert seen[0]["traceparent"] == f"00-{trace_id}-{parent}-01".encode()
     assert seen[1] == {}  # no header, no context: nothing made up
+
+
+def test_the_workers_metrics_folder_made_for_them_is_removed_after(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with metrics_dir() as made:
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == made
+        assert Path(made).parent == tmp_path
+        (Path(made) / "counter_1.db").write_bytes(b"\0" * 16)  # what a worker writes
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_metrics_folder_the_environment_names_is_left_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "counter_1.db").write_bytes(b"\0" * 16)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with metrics_dir() as given:
+        assert given == str(tmp_path)
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path)
+    assert (tmp_path / "counter_1.db").exists()

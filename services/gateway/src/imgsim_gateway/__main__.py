@@ -4,12 +4,17 @@ With ``GATEWAY_WORKERS`` > 1 uvicorn's supervisor starts that many worker proces
 the one socket (and restarts one that dies); each builds its app from the environment
 (:func:`worker_app`). Their Prometheus counters go to files in ``PROMETHEUS_MULTIPROC_DIR``
 (a fresh temporary folder unless it is set), which every worker's ``/metrics`` adds up.
+A folder made here is removed when the supervisor exits; one that is set is left as it
+is (Prometheus' client asks that it be emptied between runs: the deployment's job).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -48,9 +53,26 @@ def main() -> None:
     if settings.workers == 1:
         _serve(settings, create_app(settings))
         return
-    # Before the workers start: each imports prometheus_client with it set.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgsim-metrics-"))
-    _serve(settings, "imgsim_gateway.__main__:worker_app", factory=True, workers=settings.workers)
+    app = "imgsim_gateway.__main__:worker_app"
+    with metrics_dir():
+        _serve(settings, app, factory=True, workers=settings.workers)
+
+
+@contextlib.contextmanager
+def metrics_dir() -> Iterator[str]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for the workers, set before they start (each imports
+    prometheus_client with it): the one the environment names, or a temporary folder
+    that is removed on the way out."""
+    if given := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield given
+        return
+    made = tempfile.mkdtemp(prefix="imgsim-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    try:
+        yield made
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(made, ignore_errors=True)
 
 
 if __name__ == "__main__":
