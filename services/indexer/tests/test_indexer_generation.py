@@ -123,7 +123,8 @@ async def test_a_lookup_shows_a_write_only_once_its_generation_moved(
 ) -> None:
     """A write that waits is answered when a lookup shows it; were the lookup answered
     between the batch's upsert and its bump, a search right after could be served a
-    result cached before the write."""
+    result cached before the write. A lookup of an id the batch does not write is
+    answered meanwhile."""
     store = EdgeStore(QdrantSettings(path=tmp_path), DIM)
     await store.open()
     held = HeldIncr(redis)
@@ -153,6 +154,9 @@ async def test_a_lookup_shows_a_write_only_once_its_generation_moved(
             )
             done, _ = await asyncio.wait([asked], timeout=0.5)
             assert not done, "the lookup was answered before the generation moved"
+            other = LookupRequested(image_id="other", deadline_ms=now_ms() + 10_000)
+            reply = await test_broker.request(other, SETTINGS.kafka.topics.lookups, timeout=2)
+            assert not ImageRecord.model_validate_json(reply.body).found  # no wait for it
 
             held.release.set()
             record = ImageRecord.model_validate_json((await asked).body)

@@ -10,17 +10,19 @@ result cached before it until that retry or the result's TTL, whichever comes fi
 
 A batch's writes are visible to lookups before its bump lands, and a write that waits
 (``wait=true``) is answered once a lookup shows it: a search right after that answer
-could read the old generation and be served a result cached before the write. So the
-batch holds a :class:`Landing` from its first write to its bump, and lookups wait for it
-to pass (at most the batch's apply and one Redis round trip, bounded by the Redis
-timeout); a lookup that shows a write is then answered after its generation moved.
+could read the old generation and be served a result cached before the write. So each
+batch holds a :class:`Landing` for its image ids from before its writes to after its
+bump, and a lookup of one of them waits for it (the batch's writes and one Redis round
+trip, bounded by the Redis timeout); a lookup that shows a write is then answered after
+its generation moved. A lookup of any other id never waits: while an index build copies
+the shard, a batch's writes wait seconds, and only lookups of its own ids wait with them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from prometheus_client import Counter
@@ -51,26 +53,27 @@ async def bump_generation(client: Redis, key: str, *, timeout_s: float) -> int |
 
 
 class Landing:
-    """Held by each vectors batch from its first write to its generation bump; lookups
-    wait until none holds it, so none shows a write whose bump is still to come."""
+    """The image ids of each vectors batch between its writes and its generation bump; a
+    lookup of one of them waits until that batch's bump is done (or failed)."""
 
     def __init__(self) -> None:
-        self._holding = 0
-        self._passed = asyncio.Event()
-        self._passed.set()
+        self._batches: list[tuple[frozenset[bytes], asyncio.Event]] = []
 
     @asynccontextmanager
-    async def held(self) -> AsyncIterator[None]:
-        self._holding += 1
-        self._passed.clear()
+    async def held(self, keys: Iterable[bytes | None]) -> AsyncIterator[None]:
+        """Around a batch's writes and bump; ``keys`` are its records' keys (image ids)."""
+        batch = (frozenset(k for k in keys if k), asyncio.Event())
+        self._batches.append(batch)
         try:
             yield
         finally:
-            self._holding -= 1
-            if not self._holding:
-                self._passed.set()
+            self._batches.remove(batch)
+            batch[1].set()
 
-    async def passed(self) -> None:
-        """Return once no batch is between its writes and its bump. Waiters woken when
-        one ends go on even if the next batch takes it at once: none waits forever."""
-        await self._passed.wait()
+    async def passed(self, image_id: str) -> None:
+        """Return once no batch that writes ``image_id`` is between its writes and its
+        bump (at once for an id that none of them holds)."""
+        key = image_id.encode()
+        for keys, landed in list(self._batches):
+            if key in keys:
+                await landed.wait()

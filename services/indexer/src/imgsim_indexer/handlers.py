@@ -6,7 +6,7 @@
   id, so replays overwrite). It reads the raw records, because a tombstone (null value)
   is a delete. A batch that changed the store then bumps the result-cache generation in
   Redis (:mod:`imgsim_indexer.cache`; a Redis failure is logged, never fails the batch),
-  and lookups wait while a batch is between its writes and that bump
+  and a lookup of an image id the batch writes waits until that bump
   (:class:`~imgsim_indexer.cache.Landing`), so a write that waits is answered only once
   no cached result can hide it.
 - ``search``, ``lookup`` and ``status`` are request/reply responders: FastStream
@@ -99,7 +99,7 @@ class IndexerState:
     deadletter_producer: AIOKafkaProducer | None = None
     redis: Redis | None = None  # None: no generation bumps (tests without Redis)
     bump_owed: bool = False  # a bump failed (Redis down): retried with the next batch
-    landing: Landing = field(default_factory=Landing)  # lookups wait for a batch's bump
+    landing: Landing = field(default_factory=Landing)  # a lookup waits for its batch's bump
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -149,7 +149,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
     @vectors
     async def index_vectors(message: KafkaMessage) -> None:
         records: tuple[ConsumerRecord[bytes, bytes], ...] = records_of(message)
-        async with state.landing.held():
+        async with state.landing.held(record.key for record in records):
             with UPSERT_SECONDS.time():
                 plan = await state.collections.apply(records)
             if state.redis is not None and (plan.upserts or plan.deletes or state.bump_owed):
@@ -197,7 +197,7 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
         if request is None:
             answers.LOOKUPS.labels("expired").inc()
             raise AckMessage()
-        await state.landing.passed()
+        await state.landing.passed(request.image_id)
         return await answers.lookup(state.collections, request)
 
     @responder(topics.duplicates, "duplicates", "DuplicatesRequested JSON → DuplicatesReplied.")
