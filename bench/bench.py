@@ -31,7 +31,6 @@ import asyncio
 import base64
 import contextlib
 import functools
-import io
 import json
 import os
 import platform
@@ -51,10 +50,9 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import numpy.typing as npt
 import torch
 from faststream.kafka import KafkaBroker
-from PIL import Image
+from photos import photo
 
 from imgsim_core.images import decode_rgb
 from imgsim_core.kafka import ensure_topics, make_producer
@@ -72,26 +70,6 @@ LIMITS = ImageLimits()
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def photo(seed: int, width: int = 640, height: int = 480, noise: float = 6.0) -> bytes:
-    """A photo-like JPEG: smooth colour fields, edges and sensor-like noise (quality 90)."""
-    rng = np.random.default_rng(seed)
-    grid = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
-    base = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BICUBIC))
-    field = _noise(noise)
-    dy, dx = (int(v) for v in rng.integers(0, 64, size=2))
-    tile = np.tile(field, (height // 256 + 2, width // 256 + 2, 1))
-    pixels = base.astype(np.float32) + tile[dy : dy + height, dx : dx + width]
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-@functools.cache
-def _noise(sigma: float) -> npt.NDArray[np.float32]:
-    return np.random.default_rng(0).normal(0, sigma, size=(256, 256, 3)).astype(np.float32)
 
 
 def b64(data: bytes) -> str:

@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from photos import photo  # bench/photos.py: this script's folder is on sys.path
 
-from bench import photo  # bench/bench.py: this script's folder is on sys.path
 from imgsim_core.images import decode_rgb
 from imgsim_core.settings import ImageLimits, ModelSettings
 from imgsim_embedder.model import ClipEncoder

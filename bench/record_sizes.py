@@ -34,7 +34,7 @@ from imgsim_core.settings import KafkaSettings
 from imgsim_devstack.processes import KafkaBroker, free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import photo
+from photos import photo
 
 METADATA = {"tags": ["shoe", "red"], "year": 2024, "sku": "sku-000000"}
 

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from photos import photo  # type: ignore[import-not-found]
 from PIL import Image
 
-from bench import b64, local_stack, pct, photo  # type: ignore[import-not-found]
+from bench import b64, local_stack, pct  # type: ignore[import-not-found]
 from imgsim_devstack.stack import LocalStack
 
 IDS = 400
