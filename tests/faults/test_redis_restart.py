@@ -1,8 +1,9 @@
 """Redis killed (SIGKILL) under the running services, then started again.
 
 While it is down, searches still answer 200 (uncached) and readiness says ``degraded``;
-once it is back, caching resumes by itself, and a write made after the restart is never
-hidden behind a cached result.
+once it is back, the indexer sets the result-cache generation past its old value, caching
+resumes by itself, and a write made after the restart is never hidden behind a cached
+result.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from imgsim_devstack.processes import RedisServer, free_port
 from tests.conftest import Services
@@ -43,6 +45,17 @@ async def search(client: httpx.AsyncClient, image: str) -> dict[str, object]:
     return body
 
 
+async def generation(url: str) -> int | None:
+    """The stack's result-cache generation (the one key that ends so in this Redis)."""
+    client = Redis.from_url(url)
+    try:
+        keys = await client.keys("*generation")
+        value = await client.get(keys[0]) if keys else None
+        return None if value is None else int(value)
+    finally:
+        await client.aclose()
+
+
 async def ready_status(client: httpx.AsyncClient, wanted: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -65,6 +78,10 @@ async def test_searches_survive_a_redis_restart_and_caching_resumes_fresh(
             assert (await search(client, image))["cached"] is False
             assert (await search(client, image))["cached"] is True
 
+            before = await generation(redis.url)
+            assert before is not None
+            assert before >= 1  # the write bumped it
+
             redis.kill()
             await ready_status(client, "degraded")
             for _ in range(3):
@@ -73,6 +90,11 @@ async def test_searches_survive_a_redis_restart_and_caching_resumes_fresh(
 
             redis.start()
             await ready_status(client, "ready")
+            deadline = time.monotonic() + 10
+            while (restored := await generation(redis.url)) is None:  # the indexer sets it
+                assert time.monotonic() < deadline, "the generation was not set again"
+                await asyncio.sleep(0.1)
+            assert restored > before  # past every value seen: no result of before can match
             first = await search(client, image)
             assert first["cached"] is False  # the restarted Redis holds nothing
             assert (await search(client, image))["cached"] is True  # caching resumed

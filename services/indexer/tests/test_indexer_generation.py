@@ -8,8 +8,10 @@ installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from imgsim_core.kafka import now_ms
 from imgsim_core.redisclient import generation_key, make_redis
 from imgsim_core.settings import QdrantSettings, RedisSettings
 from imgsim_devstack.processes import RedisServer, free_port
-from imgsim_indexer.cache import bump_generation
+from imgsim_indexer.cache import RollbackWatch, bump_generation
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.handlers import IndexerState, build_router
 from imgsim_indexer.serving import Collections
@@ -77,10 +79,10 @@ async def test_bump_increments(redis: Redis) -> None:
 async def test_a_batch_that_writes_bumps_the_generation(redis: Redis, tmp_path: Path) -> None:
     store = EdgeStore(QdrantSettings(path=tmp_path), DIM)
     await store.open()
+    rollback = RollbackWatch(KEY, timeout_s=1)
+    state = IndexerState(Collections(store, SETTINGS), redis=redis, rollback=rollback)
     broker = KafkaBroker()
-    broker.include_router(
-        build_router(SETTINGS, IndexerState(Collections(store, SETTINGS), redis=redis))
-    )
+    broker.include_router(build_router(SETTINGS, state))
     event = ImageEmbedded(
         image_id="new",
         model_id=MODEL.model_id,
@@ -98,6 +100,7 @@ async def test_a_batch_that_writes_bumps_the_generation(redis: Redis, tmp_path: 
             await test_broker.publish(None, SETTINGS.kafka.topics.vectors, key=b"new")  # delete
             assert await redis.get(KEY) == b"2"
             assert await store.count() == 0
+            assert rollback.highest == 2  # the bumps are what a rollback is measured from
     finally:
         await store.close()
 
@@ -165,3 +168,63 @@ async def test_a_lookup_shows_a_write_only_once_its_generation_moved(
             assert await redis.get(KEY) == b"1"
     finally:
         await store.close()
+
+
+@needs_redis
+@pytest.mark.integration  # a real redis-server: not part of `make test-unit`
+async def test_a_generation_found_behind_is_moved_past_the_highest_seen(redis: Redis) -> None:
+    """A Redis restarted from its snapshot (or a lagging replica promoted) holds an older
+    generation and the results cached at it: the counter is moved past every value seen."""
+    watch = RollbackWatch(KEY, timeout_s=1)
+    watch.saw(await bump_generation(redis, KEY, timeout_s=1))
+    for _ in range(6):
+        watch.saw(await bump_generation(redis, KEY, timeout_s=1))
+    assert watch.highest == 7
+    assert await watch.check(redis) is None  # not behind: left alone
+    assert await redis.get(KEY) == b"7"
+
+    await redis.set(KEY, 3)  # what a restore from an older snapshot leaves
+    assert await watch.check(redis) == 8
+    assert await redis.get(KEY) == b"8"
+
+    await redis.delete(KEY)  # restarted with no data: nothing to hide, moved past anyway
+    assert await watch.check(redis) == 9
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        await asyncio.sleep(0.01)
+
+
+@needs_redis
+@pytest.mark.integration  # a real redis-server: not part of `make test-unit`
+async def test_the_watch_runs_until_cancelled_and_counts_other_indexers_bumps(
+    redis: Redis,
+) -> None:
+    watch = RollbackWatch(KEY, timeout_s=1, every_s=0.01)
+    task = asyncio.create_task(watch.run(redis))
+    try:
+        await redis.set(KEY, 5)  # another indexer's bumps: seen, not moved
+        await eventually(lambda: watch.highest == 5)
+        assert await redis.get(KEY) == b"5"
+
+        await redis.set(KEY, 2)
+        await eventually(lambda: watch.highest == 6)
+        assert await redis.get(KEY) == b"6"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_an_unreachable_redis_is_looked_at_again_later() -> None:
+    client = make_redis(RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2))
+    watch = RollbackWatch(KEY, timeout_s=0.2)
+    watch.saw(4)
+
+    assert await watch.check(client) is None
+
+    await client.aclose()
+    assert watch.highest == 4

@@ -2,13 +2,14 @@
 
 The lifespan runs before the broker starts its subscribers and ends after they stopped:
 it creates the topics (idempotent), opens the vector store (with its payload indexes),
-starts the dead-letter producer, the Redis client (the result-cache generation) and the
-metrics endpoint, and closes them in reverse order. Nothing that holds a connection
-lives at module level.
+starts the dead-letter producer, the Redis client (the result-cache generation, and the
+watch that keeps it from going back) and the metrics endpoint, and closes them in
+reverse order. Nothing that holds a connection lives at module level.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,11 +20,13 @@ from faststream.kafka import KafkaBroker
 
 from imgsim_core.kafka import ensure_topics, make_producer, max_request_size
 from imgsim_core.liveness import Liveness
-from imgsim_core.redisclient import make_redis
+from imgsim_core.redisclient import generation_key, make_redis
 from imgsim_core.service import consumer_app
 from imgsim_core.settings import QdrantSettings
+from imgsim_core.tasks import cancel_and_wait
 from imgsim_core.telemetry import broker_logging, serve_metrics
 from imgsim_core.tracing import kafka_middlewares
+from imgsim_indexer.cache import RollbackWatch
 from imgsim_indexer.edge_store import EdgeStore
 from imgsim_indexer.errors import StoreConfigError
 from imgsim_indexer.handlers import IndexerState, build_router
@@ -96,6 +99,10 @@ def create_app(settings: IndexerSettings) -> FastStream:
             producer = make_producer(settings.kafka, linger_ms=settings.kafka.bulk_linger_ms)
             await producer.start()
             redis = make_redis(settings.redis)  # connects on first use; may be down
+            state.rollback = RollbackWatch(
+                generation_key(settings.kafka.topic_prefix), timeout_s=settings.redis.timeout_s
+            )
+            watch = asyncio.create_task(state.rollback.run(redis), name="imgsim-generation-watch")
             try:
                 state.deadletter_producer = producer
                 state.redis = redis
@@ -108,8 +115,10 @@ def create_app(settings: IndexerSettings) -> FastStream:
                 )
                 yield
             finally:
+                await cancel_and_wait(watch)
                 state.deadletter_producer = None
                 state.redis = None
+                state.rollback = None
                 await redis.aclose()
                 await producer.stop()
         finally:

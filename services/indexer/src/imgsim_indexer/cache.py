@@ -16,6 +16,13 @@ bump, and a lookup of one of them waits for it (the batch's writes and one Redis
 trip, bounded by the Redis timeout); a lookup that shows a write is then answered after
 its generation moved. A lookup of any other id never waits: while an index build copies
 the shard, a batch's writes wait seconds, and only lookups of its own ids wait with them.
+
+The counter must never go back: a Redis restarted from a snapshot or its append-only file,
+or a replica promoted behind its primary, holds an older generation together with results
+cached at it, and those would be served as current although writes came after them.
+:class:`RollbackWatch` reads the counter every second and, finding it below the highest
+value this indexer has seen, moves it past that value, so such results stop being served
+within a second (the cache's Redis should keep no data anyway: see the README).
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ log = logging.getLogger(__name__)
 BUMP_FAILURES = Counter(
     "imgsim_indexer_generation_bump_failures", "Failed increments of the result-cache generation."
 )
+ROLLBACKS = Counter(
+    "imgsim_indexer_generation_rollbacks",
+    "Times the result-cache generation was found below a value seen before (not gone: "
+    "lower), and moved past it.",
+)
+ROLLBACK_CHECK_S = 1.0
 
 
 async def bump_generation(client: Redis, key: str, *, timeout_s: float) -> int | None:
@@ -50,6 +63,52 @@ async def bump_generation(client: Redis, key: str, *, timeout_s: float) -> int |
             exc,
         )
         return None
+
+
+class RollbackWatch:
+    """Keeps the generation from going back: the highest value this indexer has seen (its
+    own bumps, its reads), and a check that moves the counter past it when it is lower."""
+
+    def __init__(self, key: str, *, timeout_s: float, every_s: float = ROLLBACK_CHECK_S) -> None:
+        self.key = key
+        self.timeout_s = timeout_s
+        self.every_s = every_s
+        self.highest = 0
+
+    def saw(self, generation: int | None) -> None:
+        if generation is not None:
+            self.highest = max(self.highest, generation)
+
+    async def check(self, client: Redis) -> int | None:
+        """One look: the new value when the counter was found behind and moved, else None
+        (also when Redis cannot be reached: the next look tries again)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                current = int(await client.get(self.key) or 0)
+                if current >= self.highest:
+                    self.highest = current
+                    return None
+                # Past the highest value, whatever another indexer adds meanwhile.
+                moved = int(await client.incrby(self.key, self.highest - current + 1))
+        except (RedisError, OSError, TimeoutError):
+            return None  # bump_generation and the gateway log Redis outages
+        if current == 0:  # gone with every cached result: nothing stale can be served
+            log.info("the result-cache generation %s was gone (Redis restarted empty); "
+                     "set it to %d", self.key, moved)  # fmt: skip
+        else:
+            ROLLBACKS.inc()
+            log.warning(
+                "the result-cache generation %s went back from %d to %d (a Redis restarted "
+                "with its data, or a failover); moved it to %d so that results cached "
+                "before are not served", self.key, self.highest, current, moved,
+            )  # fmt: skip
+        self.saw(moved)
+        return moved
+
+    async def run(self, client: Redis) -> None:
+        while True:
+            await self.check(client)
+            await asyncio.sleep(self.every_s)
 
 
 class Landing:

@@ -67,7 +67,7 @@ from imgsim_core.kafka import batch_records, produce_all, records_of, safe_batch
 from imgsim_core.redisclient import generation_key
 from imgsim_core.responders import BadRequestError, Received, decode_request, received
 from imgsim_indexer import answers
-from imgsim_indexer.cache import Landing, bump_generation
+from imgsim_indexer.cache import Landing, RollbackWatch, bump_generation
 from imgsim_indexer.errors import (
     NotStartedError,
     ReindexRefusedError,
@@ -100,6 +100,7 @@ class IndexerState:
     redis: Redis | None = None  # None: no generation bumps (tests without Redis)
     bump_owed: bool = False  # a bump failed (Redis down): retried with the next batch
     landing: Landing = field(default_factory=Landing)  # a lookup waits for its batch's bump
+    rollback: RollbackWatch | None = None  # None: the generation is not watched (tests)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -159,6 +160,8 @@ def build_router(settings: IndexerSettings, state: IndexerState) -> KafkaRouter:
                     timeout_s=settings.redis.timeout_s,
                 )
                 state.bump_owed = bumped is None
+                if state.rollback is not None:
+                    state.rollback.saw(bumped)
         if plan.dead_letters:
             await produce_all(state.producer, plan.dead_letters)
         UPSERTED.inc(len(plan.upserts))
