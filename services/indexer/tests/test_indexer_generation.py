@@ -228,3 +228,27 @@ async def test_an_unreachable_redis_is_looked_at_again_later() -> None:
 
     await client.aclose()
     assert watch.highest == 4
+
+
+class BumpedDuringGet:
+    """A GET answered before a bump that another connection's reply shows first."""
+
+    def __init__(self, value: int, watch: RollbackWatch) -> None:
+        self.value = value
+        self.watch = watch
+
+    async def get(self, key: str) -> bytes:
+        self.watch.saw(self.value + 1)  # the batch's INCR came back meanwhile
+        return str(self.value).encode()
+
+    async def incrby(self, key: str, amount: int) -> int:
+        raise AssertionError("moved although the counter never went back")
+
+
+async def test_a_bump_seen_while_the_get_travels_is_not_a_rollback() -> None:
+    watch = RollbackWatch(KEY, timeout_s=1)
+    watch.saw(9)
+
+    assert await watch.check(BumpedDuringGet(9, watch)) is None  # type: ignore[arg-type]
+
+    assert watch.highest == 10

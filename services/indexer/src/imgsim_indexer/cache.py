@@ -82,11 +82,14 @@ class RollbackWatch:
     async def check(self, client: Redis) -> int | None:
         """One look: the new value when the counter was found behind and moved, else None
         (also when Redis cannot be reached: the next look tries again)."""
+        # Only what was seen before the GET is sent can be compared with its answer: a bump
+        # answered on another connection while the GET is on its way may be newer.
+        floor = self.highest
         try:
             async with asyncio.timeout(self.timeout_s):
                 current = int(await client.get(self.key) or 0)
-                if current >= self.highest:
-                    self.highest = current
+                if current >= floor:
+                    self.saw(current)
                     return None
                 # Past the highest value, whatever another indexer adds meanwhile.
                 moved = int(await client.incrby(self.key, self.highest - current + 1))
@@ -100,7 +103,7 @@ class RollbackWatch:
             log.warning(
                 "the result-cache generation %s went back from %d to %d (a Redis restarted "
                 "with its data, or a failover); moved it to %d so that results cached "
-                "before are not served", self.key, self.highest, current, moved,
+                "before are not served", self.key, floor, current, moved,
             )  # fmt: skip
         self.saw(moved)
         return moved
