@@ -1,4 +1,5 @@
-"""cancel_and_wait: running tasks end, ended ones are fine, a failed one is logged."""
+"""cancel_and_wait: running tasks end, ended ones are fine, a failed one is logged; a loop
+that pauses between rounds ends even when a round lost its cancellation."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from imgsim_core.tasks import cancel_and_wait, in_slices
+from imgsim_core.tasks import cancel_and_wait, in_slices, pause
 
 
 async def test_running_tasks_are_cancelled_and_awaited() -> None:
@@ -79,3 +80,44 @@ async def test_in_slices_lets_other_tasks_run_between_slices() -> None:
     assert slices == ["slice [0, 1, 2]", "slice [3, 4, 5]", "slice [6]"]
     # the first slice runs at once; the other task runs before each later one
     assert events[:4] == ["slice [0, 1, 2]", "other", "slice [3, 4, 5]", "other"]
+
+
+async def _swallows_a_cancellation() -> None:
+    """What ``asyncio.wait_for`` does before Python 3.12 when what it waits for finishes
+    as the task is cancelled: the result is returned, the cancellation is lost."""
+    try:
+        await asyncio.sleep(0.05)
+    except asyncio.CancelledError:
+        return
+
+
+async def test_a_loop_whose_round_lost_its_cancellation_ends_at_its_pause() -> None:
+    rounds = 0
+    stopped = False  # ends the loop should the cancellation stay lost
+
+    async def loop() -> None:
+        nonlocal rounds
+        while not stopped:
+            rounds += 1
+            await _swallows_a_cancellation()
+            await pause(0.01)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.02)  # inside a round
+    try:
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+    finally:
+        stopped = True
+
+    assert done, "the loop went on after its cancellation"
+    assert task.cancelled()
+    assert rounds == 1
+
+
+async def test_pause_sleeps_when_no_cancellation_is_pending() -> None:
+    started = asyncio.get_running_loop().time()
+
+    await pause(0.05)
+
+    assert asyncio.get_running_loop().time() - started >= 0.045

@@ -8,7 +8,6 @@ installed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -215,8 +214,23 @@ async def test_the_watch_runs_until_cancelled_and_counts_other_indexers_bumps(
         assert await redis.get(KEY) == b"6"
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait([task], timeout=5)
+    assert done, "the watch went on after its cancellation"
+
+
+@needs_redis
+@pytest.mark.integration  # a real redis-server: not part of `make test-unit`
+async def test_the_watch_ends_whenever_it_is_cancelled(redis: Redis) -> None:
+    """redis-py loses a cancellation that comes as a command's write completes (Python
+    3.11's ``asyncio.wait_for``); the watch must end all the same, or the indexer's
+    shutdown would wait for it forever."""
+    for attempt in range(200):
+        watch = RollbackWatch(KEY, timeout_s=1, every_s=0)
+        task = asyncio.create_task(watch.run(redis))
+        await asyncio.sleep(0.0005 * (attempt % 7))  # at all moments of a round
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        assert done, f"attempt {attempt}: the watch went on after its cancellation"
 
 
 async def test_an_unreachable_redis_is_looked_at_again_later() -> None:

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
-from imgsim_core.tasks import cancel_and_wait
+from imgsim_core.tasks import cancel_and_wait, pause
 
 log = logging.getLogger(__name__)
 
@@ -88,4 +88,4 @@ class ConsumerLag:
                 await self.sample()
             except (KafkaError, TimeoutError, RuntimeError) as exc:
                 log.debug("sampling consumer lag failed: %s", exc)
-            await asyncio.sleep(self.every_s)
+            await pause(self.every_s)

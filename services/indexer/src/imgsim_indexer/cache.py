@@ -36,6 +36,8 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from imgsim_core.tasks import pause
+
 log = logging.getLogger(__name__)
 
 BUMP_FAILURES = Counter(
@@ -111,7 +113,7 @@ class RollbackWatch:
     async def run(self, client: Redis) -> None:
         while True:
             await self.check(client)
-            await asyncio.sleep(self.every_s)
+            await pause(self.every_s)
 
 
 class Landing:

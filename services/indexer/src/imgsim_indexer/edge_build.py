@@ -47,6 +47,7 @@ import qdrant_edge as qe
 from prometheus_client import Counter, Gauge, Histogram
 
 from imgsim_core.settings import EdgeBuildSettings, VectorIndexSettings
+from imgsim_core.tasks import pause
 from imgsim_indexer import edge_setup as setup
 from imgsim_indexer.edge_child import BuildAbandoned, run_child
 from imgsim_indexer.errors import StoreError
@@ -161,7 +162,7 @@ class IndexBuilds:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.check_s)
+            await pause(self.settings.check_s)
             try:
                 if await self.pending() >= self.settings.min_points:
                     await self.build()
