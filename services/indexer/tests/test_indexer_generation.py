@@ -37,6 +37,17 @@ needs_redis = pytest.mark.skipif(
 )
 
 
+def embedded(image_id: str) -> ImageEmbedded:
+    """A vectors-topic record's body for ``image_id``."""
+    return ImageEmbedded(
+        image_id=image_id,
+        model_id=MODEL.model_id,
+        dim=DIM,
+        vector=pack_vector(unit_vector(1)),
+        embedded_at=make_point("x", 0).indexed_at,
+    )
+
+
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("redis")
@@ -82,13 +93,7 @@ async def test_a_batch_that_writes_bumps_the_generation(redis: Redis, tmp_path: 
     state = IndexerState(Collections(store, SETTINGS), redis=redis, rollback=rollback)
     broker = KafkaBroker()
     broker.include_router(build_router(SETTINGS, state))
-    event = ImageEmbedded(
-        image_id="new",
-        model_id=MODEL.model_id,
-        dim=DIM,
-        vector=pack_vector(unit_vector(1)),
-        embedded_at=make_point("x", 0).indexed_at,
-    )
+    event = embedded("new")
     try:
         async with TestKafkaBroker(broker) as test_broker:
             await test_broker.publish(
@@ -134,13 +139,7 @@ async def test_a_lookup_shows_a_write_only_once_its_generation_moved(
     broker = KafkaBroker()
     state = IndexerState(Collections(store, settings), redis=held)  # type: ignore[arg-type]
     broker.include_router(build_router(settings, state))
-    event = ImageEmbedded(
-        image_id="new",
-        model_id=MODEL.model_id,
-        dim=DIM,
-        vector=pack_vector(unit_vector(1)),
-        embedded_at=make_point("x", 0).indexed_at,
-    )
+    event = embedded("new")
     lookup = LookupRequested(image_id="new", deadline_ms=now_ms() + 10_000)
     try:
         async with TestKafkaBroker(broker) as test_broker:
