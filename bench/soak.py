@@ -161,12 +161,14 @@ def memory_table(samples: list[dict[str, float]]) -> list[str]:
     ]
     for name in names:
         series = [s[name] for s in samples]
-        warm = series[max(1, n // 10)]
-        q2 = float(np.mean(series[n // 4 : n // 2]))
-        q4 = float(np.mean(series[3 * n // 4 :]))
+        warm = series[min(max(1, n // 10), n - 1)]
+        growth = "n/a (under 4 samples)"
+        if n >= 4:
+            q2 = float(np.mean(series[n // 4 : n // 2]))
+            q4 = float(np.mean(series[3 * n // 4 :]))
+            growth = f"{q4 - q2:+.0f} MB ({(q4 - q2) / q2 * 100:+.1f} %)"
         lines.append(
-            f"| {name} | {warm:.0f} MB | {series[-1]:.0f} MB | {max(series):.0f} MB | "
-            f"{q4 - q2:+.0f} MB ({(q4 - q2) / q2 * 100:+.1f} %) |"
+            f"| {name} | {warm:.0f} MB | {series[-1]:.0f} MB | {max(series):.0f} MB | {growth} |"
         )
     return lines
 
