@@ -102,7 +102,9 @@ def create_app(settings: IndexerSettings) -> FastStream:
             state.rollback = RollbackWatch(
                 generation_key(settings.kafka.topic_prefix), timeout_s=settings.redis.timeout_s
             )
-            watch = asyncio.create_task(state.rollback.run(redis), name="imgsim-generation-watch")
+            watch = asyncio.create_task(
+                state.rollback.run(redis), name="imgsim-generation-rollback"
+            )
             try:
                 state.deadletter_producer = producer
                 state.redis = redis
