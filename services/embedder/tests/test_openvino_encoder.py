@@ -23,7 +23,7 @@ from imgsim_core.settings import ImageLimits, ModelSettings
 from imgsim_embedder.errors import ModelLoadError
 from imgsim_embedder.model import ClipEncoder, Vectors, load_encoder
 from imgsim_embedder.openvino_encoder import OpenVinoEncoder
-from imgsim_embedder.quantization import MIN_COSINE
+from imgsim_embedder.quantization import MIN_COSINE, int8_saturates
 from imgsim_embedder.testimages import distinct_images
 
 pytestmark = pytest.mark.slow
@@ -220,7 +220,10 @@ def test_int8_vectors_keep_the_bar_against_float32_of_the_same_weights(
     assert (whole * encoder.encode_images(unseen)).sum(axis=1).min() < 0.99999  # int8, not bf16
     texts = int8.encode_texts(TEXTS)  # not among the captions int8 is calibrated on
     assert (texts * reference.encode_texts(TEXTS)).sum(axis=1).min() >= MIN_COSINE
-    assert (texts * encoder.encode_texts(TEXTS)).sum(axis=1).min() < 0.99999
+    if int8_saturates():  # the text tower stays float32 on such a CPU
+        assert (texts * reference.encode_texts(TEXTS)).sum(axis=1).min() >= 0.99999
+    else:
+        assert (texts * encoder.encode_texts(TEXTS)).sum(axis=1).min() < 0.99999
     assert int8.model_id == encoder.model_id  # the same space: int8 and bf16 vectors mix
     assert int8.precision == "int8"
 

@@ -175,7 +175,8 @@ class ModelSettings(BaseModel):
         default="none",
         description="int8: both towers' matrix products in int8 on OpenVINO (NNCF's "
         "post-training quantization, done at the first start and kept in cache_dir); "
-        "1.6-1.9x the bf16 speed here. A start refuses it unless its vectors keep cosine "
+        "1.6-1.9x the bf16 speed on a CPU with AVX-512 VNNI, no faster than f32 on one with "
+        "AVX2 only (a start there warns). A start refuses it unless its vectors keep cosine "
         ">= 0.99 to float32's on held-out images and captions.",
     )
     calibration_dir: Path | None = Field(

@@ -214,6 +214,7 @@ def _compiled(
     folder = _cache_folder(settings)
     if settings.quantization == "none":
         return _converted(settings, folder, model, tokenizer, config)[2]
+    quantization.warn_without_int8_dot_product()
     source = quantization.source(settings)
     int8_config = {**config, **quantization.FLOAT32}
     int8 = folder / f"int8-{source.digest}"

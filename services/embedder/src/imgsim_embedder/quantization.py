@@ -1,10 +1,14 @@
 """int8 towers for OpenVINO: NNCF's post-training quantization, checked against float32.
 
-``EMBEDDER_MODEL__QUANTIZATION=int8`` runs both towers' matrix products in int8 (this
-CPU has AVX-512 VNNI). Measured on the 2-core dev machine with random weights (seed 0),
+``EMBEDDER_MODEL__QUANTIZATION=int8`` runs both towers' matrix products in int8. Measured
+on the 2-core dev machine (AMD EPYC with AVX-512 VNNI) with random weights (seed 0),
 against this embedder's OpenVINO bf16 in the same run (bench/RESULTS.md, 2026-12-07): an
 image alone 17.3 ms against 29.5, batch 32 74.1 images/s against 43.9, the vectors'
 lowest cosine to float32's 0.9997; `make bench` end to end 44.6 images/s against 27.3.
+On a 2-core AMD EPYC with AVX2 only (no VNNI, no AVX-512; bench/RESULTS.md, 2026-12-08)
+int8 was no faster than f32: an image alone 9.7 against 11.0 images/s, batch 32 11.0
+against 12.3 (medians of four alternating runs). So a start with int8 on a CPU without
+int8 dot-product instructions logs a warning (:func:`int8_dot_product`).
 
 Decisions:
 
@@ -26,6 +30,16 @@ Decisions:
   captions, each against its float32 tower; a lowest cosine under :data:`MIN_COSINE`
   refuses to start, naming the figure. Measured with random weights: images 0.9997,
   texts 0.998 (a probe: a text alone 13.7 ms against 20.0 for bf16, batch 8 1.6×).
+- Where the CPU has no int8 dot products (or cannot tell), OpenVINO multiplies u8 by s8
+  with ``vpmaddubsw``, whose 16-bit sums saturate (:func:`int8_saturates`). There the
+  weights are quantized to 7 bits: NNCF's default (that fix on the first layer only)
+  left a stand-in tower at cosine 0.983 to float32 on an AVX2-only CPU, 0.99997 with
+  ``OverflowFix.ENABLE``; CLIP's image tower went from 0.9973 to 0.9994. The text tower
+  stays in float32 there: in int8 it fell to 0.969 (median 0.984) on 78 varied captions
+  even with 7-bit weights, though it passed the check on the held-out built-in captions;
+  and int8 was no faster on that CPU. Where the CPU has VNNI or AMX the weights keep all
+  8 bits and both towers are int8. The choice is part of the cache's name, so towers
+  made for one kind of CPU are never read on the other.
 - Quantizing takes ~60 s of the two cores at the first start; the towers are kept in the
   converted models' folder, named by NNCF's version and the calibration inputs, so a later
   start reads them back.
@@ -100,6 +114,8 @@ class Source:
         """Names the quantized towers in the cache: NNCF's version and these inputs."""
         images = len(self.paths) if self.paths else BUILT_IN_IMAGES + HELD_OUT
         parts = [nncf_version(), self.name, str(images), "texts", str(BUILT_IN_IMAGES + HELD_OUT)]
+        if int8_saturates():
+            parts.append("overflow_fix=enable")
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
     def prepared(
@@ -129,6 +145,42 @@ def nncf_version() -> str:
         raise ModelLoadError(
             "EMBEDDER_MODEL__QUANTIZATION=int8 needs NNCF (pip install nncf)"
         ) from None
+
+
+_INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def int8_dot_product(cpuinfo: Path = _CPUINFO) -> bool | None:
+    """Whether this x86 CPU multiplies int8 in hardware dot products (AVX-512 VNNI,
+    AVX-VNNI or AMX), as Linux lists its flags; None where it cannot tell (no such file,
+    or no x86 ``flags`` line in it)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return not _INT8_DOT_FLAGS.isdisjoint(flags.partition(":")[2].split())
+
+
+def int8_saturates(cpuinfo: Path = _CPUINFO) -> bool:
+    """Whether int8 products may saturate here: everywhere but on a CPU known to have int8
+    dot products. Where they may, weights are quantized to 7 bits (NNCF's
+    ``OverflowFix.ENABLE``) and the text tower stays in float32."""
+    return int8_dot_product(cpuinfo) is not True
+
+
+def warn_without_int8_dot_product(cpuinfo: Path = _CPUINFO) -> None:
+    if int8_dot_product(cpuinfo) is False:
+        log.warning(
+            "EMBEDDER_MODEL__QUANTIZATION=int8 on a CPU without VNNI or AMX: int8 was "
+            "measured no faster than f32 on such a CPU (AVX2 only: 9.7 against 11.0 "
+            "images/s for an image alone), and its vectors are less exact (here the image "
+            "towers get 7-bit weights and the text tower stays in float32); "
+            "EMBEDDER_MODEL__QUANTIZATION=none is the better setting here"
+        )
 
 
 def captions(n: int) -> list[str]:
@@ -180,14 +232,26 @@ def quantize(
     text: ov.Model | str,
     inputs: Calibration,
     config: dict[str, Any],
+    saturates: bool | None = None,
 ) -> tuple[ov.Model, list[ov.Model], ov.Model]:
     """The whole image tower, its steps and the text tower in int8, each checked on the
-    held-out inputs (compiled with ``config``, as they will run) against float32's."""
+    held-out inputs (compiled with ``config``, as they will run) against float32's.
+    ``saturates`` (default: :func:`int8_saturates` of this CPU): 7-bit weights, and the
+    text tower returned as it is, in float32."""
     try:
         import nncf
     except ImportError:
         nncf_version()  # names the missing package
         raise
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+    )
+
+    if saturates is None:
+        saturates = int8_saturates()
+    fix = OverflowFix.ENABLE if saturates else OverflowFix.FIRST_LAYER
+    advanced = AdvancedQuantizationParameters(overflow_fix=fix)
     whole_model, text_model = _model(core, whole), _model(core, text)
     step_models = [_model(core, step) for step in steps]
 
@@ -199,6 +263,7 @@ def quantize(
                 nncf.Dataset(list(batches)),
                 model_type=nncf.ModelType.TRANSFORMER,
                 subset_size=len(batches),  # items of the dataset: batches, all of them
+                advanced_parameters=advanced,
             )
 
     batches = _batches(inputs.images)
@@ -208,7 +273,7 @@ def quantize(
         int8_steps.append(quantized(step, batches))
         float32 = core.compile_model(step, "CPU", FLOAT32)
         batches = [np.array(float32(batch)[0]) for batch in batches]
-    int8_text = quantized(text_model, _batches(inputs.texts))
+    int8_text = text_model if saturates else quantized(text_model, _batches(inputs.texts))
     reference = _run(core, [whole_model], FLOAT32, inputs.held_out)
     images = min(
         lowest_cosine(reference, _run(core, [int8_whole], config, inputs.held_out)),
@@ -226,8 +291,10 @@ def quantize(
                 "yours (EMBEDDER_MODEL__CALIBRATION_DIR) or set EMBEDDER_MODEL__QUANTIZATION=none"
             )
     log.info("int8 towers checked: lowest cosine to float32 %.5f on %d held-out images, "
-             "%.5f on %d captions", images, len(inputs.held_out), texts,
-             len(inputs.held_out_texts))  # fmt: skip
+             "%.5f on %d captions%s", images, len(inputs.held_out), texts,
+             len(inputs.held_out_texts),
+             "; 7-bit weights and the text tower in float32 (int8 products saturate here)"
+             if saturates else "")  # fmt: skip
     return int8_whole, int8_steps, int8_text
 
 
